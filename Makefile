@@ -1,0 +1,57 @@
+# The two commands of the README:
+#   make lab    set everything up and open the series in JupyterLab
+#   make test   set everything up and run the unit tests and the notebooks (pytest --nbval)
+# Other targets: make setup | data | lint | bench | results | clean
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+DATA_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: lab test setup data lint bench results clean
+
+lab: setup data
+	$(BIN)/jupyter lab notebooks/
+
+test: setup data
+	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "Python 3.10 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+		{ echo "Could not create a virtual environment: install it with 'sudo apt-get install python3-venv'"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+# Fashion-MNIST: already there, or the Debian package when we may run apt-get, or say what to do.
+data:
+	@if ls $(DATA_DIR)/*-ubyte.gz >/dev/null 2>&1 || ls data/*-ubyte.gz >/dev/null 2>&1 \
+		|| ls data/FashionMNIST/raw/*-ubyte* >/dev/null 2>&1 || [ -n "$$SSLKIT_DATA" ]; then \
+		echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is not installed. Either run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu),"; \
+		echo "or let torchvision download it: $(BIN)/python -c 'import sslkit.data as d; d.load_fashion_mnist(\"train\"); d.load_fashion_mnist(\"test\")'"; \
+	fi
+
+lint: setup
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check sslkit tests
+
+bench: setup data
+	$(BIN)/python -m sslkit bench
+
+results: setup
+	$(BIN)/python -m sslkit results
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache sslkit.egg-info

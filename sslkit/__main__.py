@@ -1,0 +1,238 @@
+"""Command line: ``python -m sslkit pretrain | evaluate | bench | results`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .data import DataNotFoundError, load_fashion_mnist
+from .evaluate import accuracy, evaluate_features, extract_features, knn_predict, macro_f1
+from .methods import METHOD_CLASSES, build_method
+from .models import build_encoder, count_parameters
+from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
+from .weights import (
+    BASELINES, METHODS, WeightsError, load_manifest, load_pretrained, load_probe, manifest_entry, publish, weights_dir,
+)
+
+UNTRAINED_BASELINES = ("random", "pixels")  # evaluated as they are: nothing to train
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- pretrain
+
+
+def add_pretrain_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="train a method (or build a baseline), evaluate it and publish weights + manifest entry",
+        description=(
+            "Train METHOD on the 60,000 Fashion-MNIST training images with the common budget "
+            "(batch 256, 100 epochs), resuming from --checkpoint if it exists; then fit the linear "
+            "probe (chosen on the validation split), measure test accuracy and kNN, and write "
+            "OUT/METHOD.pth, OUT/METHOD.history.json and the entry in OUT/manifest.json. "
+            "'random' and 'pixels' are baselines with nothing to train: they are only evaluated."
+        ),
+    )
+    parser.add_argument("method", choices=sorted(METHOD_CLASSES) + list(UNTRAINED_BASELINES), metavar="METHOD",
+                        help=f"one of: {', '.join(sorted(METHOD_CLASSES) + list(UNTRAINED_BASELINES))}")
+    parser.add_argument("--epochs", type=positive_int, default=100, help="number of epochs (default 100)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="batch size (default 256)")
+    parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the method's recipe)")
+    parser.add_argument("--weight-decay", type=float, help="weight decay (default: the method's recipe)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), help="optimizer (default: the method's recipe)")
+    parser.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs (default: the method's recipe)")
+    parser.add_argument("--temperature", type=positive_float, help="softmax temperature (contrastive methods)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and views (default 0)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--no-amp", action="store_true", help="train in float32 even where mixed precision is available")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for METHOD.pth and manifest.json (default: the repository's weights/)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.ckpt)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="use only the first N training and test images (smoke runs and tests)")
+    parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                        help="stop each epoch after N steps (smoke runs and tests)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_pretrain)
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    train_images, train_labels = load_fashion_mnist("train")
+    test_images, test_labels = load_fashion_mnist("test")
+    if args.limit:
+        train_images, train_labels = train_images[: args.limit], train_labels[: args.limit]
+        test_images, test_labels = test_images[: args.limit], test_labels[: args.limit]
+    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    entry = {"command": command, "torch_version": torch.__version__, "sslkit_version": __version__}
+    history: list[dict] = []
+    torch.manual_seed(args.seed)  # the encoder's initialisation
+
+    if args.method == "pixels":
+        encoder = None
+        entry.update(kind="baseline", config={"encoder": None}, epochs=0)
+    elif args.method == "random":
+        encoder = build_encoder()
+        entry.update(kind="baseline", config={"encoder": encoder.config()}, epochs=0)
+        state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    else:
+        cls = METHOD_CLASSES[args.method]
+        method_kwargs = {"temperature": args.temperature} if args.temperature else {}
+        method = build_method(args.method, **method_kwargs)
+        overrides = {"lr": args.lr, "weight_decay": args.weight_decay, "optimizer": args.optimizer,
+                     "warmup_epochs": args.warmup_epochs}
+        recipe = {**cls.recipe, **{k: v for k, v in overrides.items() if v is not None}}
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, amp=not args.no_amp,
+                             steps_per_epoch=args.steps_per_epoch, **recipe)
+        checkpoint = args.checkpoint or Path("checkpoints") / f"{args.method}.ckpt"
+        history = train(method, train_images, train_labels, config, device, checkpoint, progress=not args.no_progress)
+        encoder = method.encoder
+        state = method.state_dict()
+        entry.update(
+            kind="baseline" if args.method in BASELINES else "method",
+            config=method.config(),
+            train=config.to_dict(),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            device=describe_device(device),
+            wall_time_seconds=round(sum(record["seconds"] for record in history), 1),
+            seconds_per_epoch=round(sum(record["seconds"] for record in history) / len(history), 2),
+        )
+
+    print(f"evaluating {args.method} with the linear-probe protocol ...", flush=True)
+    started = time.perf_counter()
+    if encoder is None:
+        train_features = train_images.flatten(1).float() / 255
+        test_features = test_images.flatten(1).float() / 255
+    else:
+        train_features = extract_features(encoder, train_images, device=device)
+        test_features = extract_features(encoder, test_images, device=device)
+        encoder.cpu()
+    probe, results = evaluate_features(train_features, train_labels, test_features, test_labels)
+    results["encoder_parameters"] = 0 if encoder is None else count_parameters(encoder)
+    if args.limit:
+        results["limit"] = args.limit
+    entry["results"] = results
+    state = {} if encoder is None else state
+    state.update(probe.state_dict())
+    written = publish(args.method, state, entry, history, args.out)
+    print(
+        f"{args.method}: linear probe {100 * results['linear_probe']['test_accuracy']:.2f}%, "
+        f"kNN {100 * results['knn']['test_accuracy']:.2f}% (evaluated in {time.perf_counter() - started:.0f} s); "
+        f"wrote {written['file']} and the manifest entry in {args.out or weights_dir()}"
+    )
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="re-measure shipped weights with the protocol and compare with the manifest",
+        description=(
+            "Load the verified weights of METHOD (or of every shipped method and baseline with 'all'), "
+            "compute test features, apply the shipped linear probe and run kNN, print a table beside the "
+            "manifest's figures, and exit with status 1 if any differs by more than --tolerance."
+        ),
+    )
+    parser.add_argument("method", metavar="METHOD", help=f"one of {', '.join(METHODS + BASELINES)}, or all")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--tolerance", type=float, default=0.002,
+                        help="largest accepted difference from the manifest, as a fraction (default 0.002)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def evaluate_shipped(name: str, train_data, test_data, device, directory=None) -> dict:
+    """Measure shipped weights: linear probe (shipped head), macro-F1 and kNN on the test set."""
+    encoder = load_pretrained(name, device, directory)
+    probe = load_probe(name, directory)
+    train_features = extract_features(encoder, train_data[0], device=device)
+    test_features = extract_features(encoder, test_data[0], device=device)
+    predictions = probe.predict(test_features)
+    return {
+        "linear_probe": accuracy(predictions, test_data[1]),
+        "macro_f1": macro_f1(predictions, test_data[1]),
+        "knn": accuracy(knn_predict(train_features, train_data[1], test_features), test_data[1]),
+    }
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    if args.method == "all":
+        names = [n for n in METHODS + BASELINES if n in load_manifest(args.weights)["methods"]]
+    else:
+        manifest_entry(args.method, args.weights)  # unknown or unshipped names fail here, clearly
+        names = [args.method]
+    train_data, test_data = load_fashion_mnist("train"), load_fashion_mnist("test")
+    print(f"{'method':<12} {'probe %':>8} {'manifest':>9} {'macro-F1':>9} {'kNN %':>7} {'manifest':>9}")
+    failed = []
+    for name in names:
+        measured = evaluate_shipped(name, train_data, test_data, device, args.weights)
+        recorded = manifest_entry(name, args.weights)["results"]
+        expected_probe = recorded["linear_probe"]["test_accuracy"]
+        expected_knn = recorded["knn"]["test_accuracy"]
+        print(f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * expected_probe:9.2f} "
+              f"{measured['macro_f1']:9.4f} {100 * measured['knn']:7.2f} {100 * expected_knn:9.2f}")
+        if abs(measured["linear_probe"] - expected_probe) > args.tolerance or \
+                abs(measured["knn"] - expected_knn) > args.tolerance:
+            failed.append(name)
+    if failed:
+        print(f"differs from the manifest by more than {args.tolerance}: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sslkit",
+        description="Self-supervised learning on Fashion-MNIST: pretrain, evaluate, benchmark, report.",
+    )
+    parser.add_argument("--version", action="version", version=f"sslkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_pretrain_parser(subparsers)
+    add_evaluate_parser(subparsers)
+    from .bench import add_bench_parser
+    from .results import add_results_parser
+
+    add_bench_parser(subparsers)
+    add_results_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (DataNotFoundError, WeightsError, NonFiniteLossError, ValueError) as error:
+        # Errors whose cause we know: one clear message, no traceback from deep inside torch.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+if __name__ == "__main__":
+    sys.exit(main())

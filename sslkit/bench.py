@@ -1,0 +1,184 @@
+"""``python -m sslkit bench``: augmentation and training throughput, measured side by side.
+
+Three ways to make SimCLR views of the same images with the same augmentation settings:
+
+1. sslkit's batched pipeline (``augment.py``): the dataset is one tensor on the device, every op
+   handles the whole batch with per-sample random parameters;
+2. the same batched idea with ``kornia.augmentation``;
+3. the classic path: torchvision.transforms.v2 applied image by image in a ``DataLoader``.
+
+All three run in one process, one after the other, on the same images, and the ratios are
+printed, so the comparison never mixes machines or runs. Then the training throughput (images/s,
+peak memory on CUDA) of each trainable method with its shipped recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from .augment import SIMCLR_AUGMENT, AugmentConfig, augment
+from .data import load_fashion_mnist, to_float
+from .methods import METHOD_CLASSES, build_method
+from .train import TrainConfig, build_optimizer, describe_device, mixed_precision_dtype, resolve_device
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_batch(run_batch, device: torch.device, batches: int, warmup: int = 2) -> float:
+    """Seconds per call of ``run_batch(i)``, after ``warmup`` untimed calls."""
+    for i in range(warmup):
+        run_batch(i)
+    _synchronize(device)
+    started = time.perf_counter()
+    for i in range(batches):
+        run_batch(warmup + i)
+    _synchronize(device)
+    return (time.perf_counter() - started) / batches
+
+
+def torchvision_pipeline(config: AugmentConfig):
+    """The same augmentation as ``augment.augment``, as torchvision.transforms.v2 per-image transforms."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomResizedCrop(28, scale=config.crop_scale, ratio=config.crop_ratio, antialias=False),
+        v2.RandomHorizontalFlip(config.flip_prob),
+        v2.RandomApply([v2.ColorJitter(brightness=config.brightness, contrast=config.contrast)], p=config.jitter_prob),
+        v2.RandomApply([v2.GaussianBlur(config.blur_kernel, sigma=config.blur_sigma)], p=config.blur_prob),
+    ])
+
+
+class _TransformedImages(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.images[index].unsqueeze(0))
+
+
+def kornia_pipeline(config: AugmentConfig):
+    """The same augmentation with ``kornia.augmentation`` (batched, per-sample parameters)."""
+    import kornia.augmentation as K
+
+    return K.AugmentationSequential(
+        K.RandomResizedCrop((28, 28), scale=config.crop_scale, ratio=config.crop_ratio),
+        K.RandomHorizontalFlip(p=config.flip_prob),
+        K.ColorJitter(brightness=config.brightness, contrast=config.contrast, p=config.jitter_prob),
+        K.RandomGaussianBlur((config.blur_kernel, config.blur_kernel), config.blur_sigma, p=config.blur_prob),
+    )
+
+
+def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: int, batches: int) -> dict:
+    """Images per second of each pipeline; the data start as uint8 on the CPU for the DataLoader path."""
+    config = SIMCLR_AUGMENT
+    on_device = images.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def batch_of(i: int) -> torch.Tensor:
+        start = (i * batch_size) % (len(on_device) - batch_size)
+        return to_float(on_device[start : start + batch_size])
+
+    results = {}
+    seconds = time_per_batch(lambda i: augment(batch_of(i), config, generator), device, batches)
+    results["sslkit (batched, hand-written)"] = batch_size / seconds
+    try:
+        pipeline = kornia_pipeline(config).to(device)
+        seconds = time_per_batch(lambda i: pipeline(batch_of(i)), device, batches)
+        results["kornia.augmentation (batched)"] = batch_size / seconds
+    except ImportError:
+        print("kornia is not installed (pip install kornia): skipping its column")
+    workers = min(4, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(
+        _TransformedImages(images, torchvision_pipeline(config)), batch_size=batch_size, shuffle=True,
+        num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda",
+    )
+    iterator = iter(loader)
+
+    def loader_batch(_: int) -> torch.Tensor:
+        return next(iterator).to(device, non_blocking=True)
+
+    seconds = time_per_batch(loader_batch, device, min(batches, len(loader) - 2))
+    results[f"torchvision.transforms.v2 + DataLoader ({workers} workers)"] = batch_size / seconds
+    return results
+
+
+def bench_training(images, labels, device: torch.device, batch_size: int, steps: int, methods) -> dict:
+    """Training images/s (one image = all its views) and peak CUDA memory of each method's step."""
+    images, labels = images.to(device), labels.to(device)
+    results = {}
+    for name in methods:
+        torch.manual_seed(0)
+        method = build_method(name).to(device, memory_format=torch.channels_last).train()
+        config = TrainConfig(epochs=1, batch_size=batch_size, **METHOD_CLASSES[name].recipe)
+        optimizer = build_optimizer(method, config)
+        amp_dtype = mixed_precision_dtype(device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step(i: int) -> None:
+            start = (i * batch_size) % (len(images) - batch_size)
+            batch = to_float(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = method.training_step(batch, labels[start : start + batch_size], generator)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        seconds = time_per_batch(step, device, steps)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        results[name] = {"images_per_second": batch_size / seconds,
+                         "seconds_per_epoch": (len(images) // batch_size) * seconds, "peak_memory_mib": peak}
+    return results
+
+
+def add_bench_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure augmentation and training throughput on this device",
+        description=(
+            "Measure, in one run on one device: images/s of sslkit's batched augmentation, of the same "
+            "pipeline in kornia.augmentation and of torchvision.transforms.v2 in a DataLoader, with the "
+            "speed-ups; then training images/s (and peak CUDA memory) of each trainable method."
+        ),
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    parser.add_argument("--batches", type=int, default=20, help="timed augmentation batches per pipeline (default 20)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per method (default 10)")
+    parser.add_argument("--methods", nargs="+", default=sorted(METHOD_CLASSES), choices=sorted(METHOD_CLASSES),
+                        help="methods whose training step is timed (default: all trainable)")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.batch_size < 2 or args.batches < 1 or args.steps < 1:
+        raise ValueError("--batch-size must be at least 2, --batches and --steps at least 1")
+    device = resolve_device(args.device)
+    images, labels = load_fashion_mnist("train")
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
+    print(f"\nSimCLR augmentation, batch {args.batch_size}, {args.batches} batches per pipeline:")
+    augmentation = bench_augmentation(images, device, args.batch_size, args.batches)
+    baseline = augmentation[next(k for k in augmentation if k.startswith("torchvision"))]
+    for name, rate in augmentation.items():
+        print(f"  {name:<48} {rate:>12,.0f} images/s   {rate / baseline:6.1f}x the DataLoader path")
+    if "kornia.augmentation (batched)" in augmentation:
+        ratio = augmentation["sslkit (batched, hand-written)"] / augmentation["kornia.augmentation (batched)"]
+        print(f"  sslkit / kornia: {ratio:.1f}x")
+    print(f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method:")
+    for name, result in bench_training(images, labels, device, args.batch_size, args.steps, args.methods).items():
+        memory = f", peak {result['peak_memory_mib']:.0f} MiB" if result["peak_memory_mib"] is not None else ""
+        print(f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
+              f"(~{result['seconds_per_epoch']:.0f} s per epoch of 60,000 images){memory}")
+    return 0

@@ -1,0 +1,108 @@
+"""The shared encoder and the heads that methods put on top of it.
+
+Every CNN method in the series trains the same ``ResNetEncoder`` configuration, so differences in
+accuracy come from the objective, not the network. Heads (projectors, classifiers) are separate
+modules: only the encoder is evaluated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Mean and standard deviation of Fashion-MNIST training pixels in [0, 1].
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
+
+ENCODER_CONFIG = {"widths": [32, 64, 128], "in_channels": 1}
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with a residual connection (He et al. 2016, Fig. 2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNetEncoder(nn.Module):
+    """A small ResNet for 28×28 images: ``[N, 1, 28, 28]`` in ``[0, 1]`` → features ``[N, D]``.
+
+    A stride-2 stem (28 → 14), then one basic block per stage with widths 32-64-128 (14 → 7 → 4),
+    then global average pooling: D = 128, about 0.3M parameters. The stride-2 stem halves the
+    cost of a full-resolution one (DESIGN.md §4: about a minute per SimCLR epoch on 2 CPU cores).
+    Inputs are normalised inside, so callers pass plain ``[0, 1]`` pixels.
+    """
+
+    def __init__(self, widths: list[int] | tuple[int, ...] = (32, 64, 128), in_channels: int = 1):
+        super().__init__()
+        self.widths = list(widths)
+        self.in_channels = in_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        stages, previous = [], widths[0]
+        for i, width in enumerate(widths):
+            stages.append(BasicBlock(previous, width, stride=1 if i == 0 else 2))
+            previous = width
+        self.stages = nn.Sequential(*stages)
+        self.feature_dim = widths[-1]
+
+    def config(self) -> dict:
+        return {"widths": self.widths, "in_channels": self.in_channels}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ResNetEncoder expects images [N, {self.in_channels}, H, W] in [0, 1], got {tuple(x.shape)}"
+            )
+        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        x = self.stages(self.stem(x))
+        return x.mean(dim=(2, 3))
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR's projector g(·): Linear → BatchNorm → ReLU → Linear (Chen et al. 2020, Sec. 2.1)."""
+
+    def __init__(self, in_dim: int = 128, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class PixelFeatures(nn.Module):
+    """The raw-pixel baseline as a 'encoder': ``[N, 1, 28, 28]`` → ``[N, 784]``."""
+
+    feature_dim = 28 * 28
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def build_encoder(config: dict | None = None) -> ResNetEncoder:
+    """The shared encoder from its config (``ENCODER_CONFIG`` when None)."""
+    return ResNetEncoder(**(config or ENCODER_CONFIG))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

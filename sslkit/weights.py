@@ -1,0 +1,187 @@
+"""Shipped weights: save, verify and load them, with ``weights/manifest.json`` as the record.
+
+Each ``weights/<name>.pth`` is a plain state dict of tensors (loaded with ``weights_only=True``,
+so nothing is ever unpickled): the method's modules under their own prefixes (``encoder.``,
+``projector.``, ...) and the fitted linear probe under ``probe.``. The manifest holds, per name,
+the file's sha256 and size, the model and training configuration, the command, device and wall
+time of the training run, and every result measured on the weights. It is the single source of
+truth for numbers: the README table and the notebooks read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .evaluate import LinearProbe
+from .models import PixelFeatures, build_encoder
+
+METHODS = ("autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae")
+BASELINES = ("supervised", "random", "pixels")
+MANIFEST_NAME = "manifest.json"
+
+
+class WeightsError(ValueError):
+    """Shipped weights are missing, corrupt, tampered with or do not fit the architecture."""
+
+
+def weights_dir() -> Path:
+    """``$SSLKIT_WEIGHTS`` if set, else the repository's ``weights/`` (found from the package, not the cwd)."""
+    if os.environ.get("SSLKIT_WEIGHTS"):
+        return Path(os.environ["SSLKIT_WEIGHTS"])
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(directory: str | Path | None = None) -> dict:
+    """The manifest as a dict ``{"methods": {name: entry}}``; empty when there is none yet."""
+    path = Path(directory or weights_dir()) / MANIFEST_NAME
+    if not path.exists():
+        return {"methods": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path} is not valid JSON ({error}); restore it with `git checkout {path}`") from error
+
+
+def save_manifest(manifest: dict, directory: str | Path | None = None) -> None:
+    path = Path(directory or weights_dir()) / MANIFEST_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def check_name(name: str) -> None:
+    if name not in METHODS + BASELINES:
+        raise ValueError(
+            f"unknown method {name!r}; methods are {', '.join(METHODS)}; baselines are {', '.join(BASELINES)}"
+        )
+
+
+def manifest_entry(name: str, directory: str | Path | None = None) -> dict:
+    """The manifest entry of ``name``, with a clear error if it has no shipped weights yet."""
+    check_name(name)
+    entries = load_manifest(directory)["methods"]
+    if name not in entries:
+        shipped = ", ".join(sorted(entries)) or "none"
+        raise WeightsError(
+            f"no weights are shipped for {name!r} yet (shipped: {shipped}); train them with "
+            f"`python -m sslkit pretrain {name}`"
+        )
+    return entries[name]
+
+
+def _verified_file(path: Path, expected_sha256: str, what: str) -> Path:
+    if not path.is_file():
+        raise WeightsError(
+            f"{what} {path} is missing; restore it with `git checkout -- {path.name}` inside {path.parent} "
+            "or retrain it (see the manifest's command)"
+        )
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise WeightsError(
+            f"{path}: sha256 {actual[:16]}… differs from the manifest's {expected_sha256[:16]}…; the file may be "
+            "corrupt, truncated or tampered with. Restore it with `git checkout` or retrain it."
+        )
+    return path
+
+
+def load_state(name: str, directory: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The verified state dict of ``name``'s shipped weights (sha256 checked against the manifest)."""
+    directory = Path(directory or weights_dir())
+    entry = manifest_entry(name, directory)
+    path = _verified_file(directory / entry["file"], entry["sha256"], "weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the sha matched, so this is a file written wrongly: say so
+        raise WeightsError(f"{path} matches its sha256 but cannot be read as a state dict: {error}") from error
+
+
+def load_history(name: str, directory: str | Path | None = None) -> list[dict]:
+    """The per-epoch training history saved with the shipped weights (verified like the weights)."""
+    directory = Path(directory or weights_dir())
+    entry = manifest_entry(name, directory)
+    if "history_file" not in entry:
+        return []
+    path = _verified_file(directory / entry["history_file"], entry["history_sha256"], "history file")
+    return json.loads(path.read_text())
+
+
+def load_probe(name: str, directory: str | Path | None = None) -> LinearProbe:
+    """The linear probe fitted on ``name``'s features and shipped with its weights."""
+    return LinearProbe.from_state_dict(load_state(name, directory))
+
+
+def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix`` (e.g. ``"encoder."``), with the prefix removed."""
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """``module.load_state_dict(state)`` with an error that names the source and the mismatch."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        first_lines = "\n".join(str(error).splitlines()[:4])
+        raise WeightsError(
+            f"{source} does not fit {type(module).__name__} as configured in the manifest (wrong architecture "
+            f"or an incompatible file):\n{first_lines}"
+        ) from error
+    return module
+
+
+def load_pretrained(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None) -> nn.Module:
+    """The frozen, verified encoder of a method or baseline, in eval mode.
+
+    Input: float ``[N, 1, 28, 28]`` in ``[0, 1]``. Output: features ``[N, D]``: the globally
+    pooled output of the encoder trunk, before any method head (raw pixels for ``"pixels"``).
+    """
+    directory = Path(directory or weights_dir())
+    entry = manifest_entry(name, directory)
+    state = load_state(name, directory)
+    if entry["config"].get("encoder") is None:
+        encoder: nn.Module = PixelFeatures()
+    else:
+        encoder = build_encoder(entry["config"]["encoder"])
+        load_into(encoder, submodule_state(state, "encoder."), f"{directory / entry['file']} (encoder.*)")
+    encoder.eval().requires_grad_(False)
+    return encoder.to(device)
+
+
+def publish(
+    name: str,
+    state: dict[str, torch.Tensor],
+    entry: dict,
+    history: list[dict] | None = None,
+    directory: str | Path | None = None,
+) -> dict:
+    """Write ``<name>.pth`` (and its history), then record file hashes and ``entry`` in the manifest."""
+    check_name(name)
+    directory = Path(directory or weights_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.pth"
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({key: value.detach().cpu().contiguous() for key, value in state.items()}, tmp)
+    os.replace(tmp, path)
+    entry = {**entry, "file": path.name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+    if history:
+        history_file = directory / f"{name}.history.json"
+        history_file.write_text(json.dumps(history, indent=1) + "\n")
+        entry.update(history_file=history_file.name, history_sha256=sha256_file(history_file))
+    manifest = load_manifest(directory)
+    manifest.setdefault("methods", {})[name] = entry
+    save_manifest(manifest, directory)
+    return entry

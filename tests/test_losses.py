@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslkit.losses import nt_xent_loss
+
+
+def nt_xent_by_loop(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """An independent NT-Xent: Eq. 1 of Chen et al. (2020), one anchor at a time, in float64."""
+    z = torch.cat([z1, z2]).double()
+    n2 = len(z)
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        partner = (i + n) % n2
+        def sim(a, b):
+            return torch.dot(z[a], z[b]) / (z[a].norm() * z[b].norm()) / temperature
+        denominator = sum(torch.exp(sim(i, k)) for k in range(n2) if k != i)
+        total = total - torch.log(torch.exp(sim(i, partner)) / denominator)
+    return total / n2
+
+
+@pytest.mark.parametrize("n,d,temperature", [(2, 3, 1.0), (5, 8, 0.5), (16, 32, 0.1)])
+def test_nt_xent_matches_explicit_loop(n, d, temperature):
+    generator = torch.Generator().manual_seed(n * d)
+    z1, z2 = torch.randn(n, d, generator=generator), torch.randn(n, d, generator=generator)
+    expected = nt_xent_by_loop(z1, z2, temperature)
+    assert nt_xent_loss(z1, z2, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_nt_xent_hand_checked_value():
+    # Two images, each with two identical views, images orthogonal: for every anchor the partner
+    # has similarity 1 and both negatives similarity 0, so ℓ = -log(e^{1/τ} / (e^{1/τ} + 2)).
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    temperature = 0.5
+    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + 2.0))
+    assert nt_xent_loss(z1, z1.clone(), temperature).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nt_xent_is_scale_invariant_and_symmetric():
+    generator = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 4, generator=generator), torch.randn(8, 4, generator=generator)
+    loss = nt_xent_loss(z1, z2, 0.2)
+    assert nt_xent_loss(3 * z1, 0.5 * z2, 0.2).item() == pytest.approx(loss.item(), rel=1e-5)
+    assert nt_xent_loss(z2, z1, 0.2).item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_nt_xent_rewards_aligned_views():
+    generator = torch.Generator().manual_seed(1)
+    z1 = torch.randn(32, 16, generator=generator)
+    aligned = nt_xent_loss(z1, z1 + 0.01 * torch.randn(32, 16, generator=generator), 0.5)
+    unrelated = nt_xent_loss(z1, torch.randn(32, 16, generator=generator), 0.5)
+    assert aligned < unrelated
+    # Unrelated random views: all similarities are near 0, so every anchor's softmax is near
+    # uniform over its 2N - 1 candidates and the loss near log(2N - 1).
+    assert unrelated.item() == pytest.approx(math.log(2 * 32 - 1), abs=0.5)
+
+
+def test_nt_xent_gradient_matches_loop():
+    generator = torch.Generator().manual_seed(2)
+    z1 = torch.randn(4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    grad_fast = torch.autograd.grad(nt_xent_loss(z1, z2, 0.3), (z1, z2))
+    grad_loop = torch.autograd.grad(nt_xent_by_loop(z1, z2, 0.3), (z1, z2))
+    for fast, loop in zip(grad_fast, grad_loop):
+        # The loss itself runs in float32, so compare at float32 precision.
+        assert torch.allclose(fast, loop, atol=1e-5)
+
+
+def test_nt_xent_computes_in_float32_under_autocast():
+    z1, z2 = torch.randn(8, 4).bfloat16(), torch.randn(8, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nt_xent_loss(z1, z2, 0.1)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(nt_xent_by_loop(z1.float(), z2.float(), 0.1).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "z1,z2,temperature,message",
+    [
+        (torch.randn(4, 3), torch.randn(5, 3), 0.5, "same shape"),
+        (torch.randn(4), torch.randn(4), 0.5, "same shape"),
+        (torch.randn(1, 3), torch.randn(1, 3), 0.5, "at least 2"),
+        (torch.randn(4, 3), torch.randn(4, 3), 0.0, "temperature"),
+    ],
+)
+def test_nt_xent_rejects_bad_input(z1, z2, temperature, message):
+    with pytest.raises(ValueError, match=message):
+        nt_xent_loss(z1, z2, temperature)
+
+
+def test_nt_xent_equals_cross_entropy_definition():
+    # Cross-check with a third formulation: log-softmax over the similarity row without the anchor.
+    generator = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(6, 4, generator=generator), torch.randn(6, 4, generator=generator)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    similarity = z @ z.T / 0.7
+    losses = []
+    for i in range(12):
+        others = [k for k in range(12) if k != i]
+        log_probabilities = torch.log_softmax(similarity[i, others], dim=0)
+        losses.append(-log_probabilities[others.index((i + 6) % 12)])
+    assert nt_xent_loss(z1, z2, 0.7).item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
