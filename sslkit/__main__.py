@@ -12,12 +12,12 @@ import torch
 
 from . import __version__
 from .data import DataNotFoundError, load_fashion_mnist
-from .evaluate import accuracy, evaluate_features, extract_features, knn_predict, macro_f1
+from .evaluate import evaluate_features, evaluate_shipped, extract_features
 from .methods import METHOD_CLASSES, build_method
-from .models import build_encoder, count_parameters
+from .models import PixelFeatures, build_encoder, count_parameters
 from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
 from .weights import (
-    BASELINES, METHODS, WeightsError, load_manifest, load_pretrained, load_probe, manifest_entry, publish, weights_dir,
+    BASELINES, METHODS, WeightsError, load_manifest, manifest_entry, publish, weights_dir,
 )
 
 UNTRAINED_BASELINES = ("random", "pixels")  # evaluated as they are: nothing to train
@@ -89,7 +89,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)  # the encoder's initialisation
 
     if args.method == "pixels":
-        encoder = None
+        encoder, state = PixelFeatures(), {}
         entry.update(kind="baseline", config={"encoder": None}, epochs=0)
     elif args.method == "random":
         encoder = build_encoder()
@@ -121,19 +121,13 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
     print(f"evaluating {args.method} with the linear-probe protocol ...", flush=True)
     started = time.perf_counter()
-    if encoder is None:
-        train_features = train_images.flatten(1).float() / 255
-        test_features = test_images.flatten(1).float() / 255
-    else:
-        train_features = extract_features(encoder, train_images, device=device)
-        test_features = extract_features(encoder, test_images, device=device)
-        encoder.cpu()
+    train_features = extract_features(encoder, train_images, device=device)
+    test_features = extract_features(encoder, test_images, device=device)
     probe, results = evaluate_features(train_features, train_labels, test_features, test_labels)
-    results["encoder_parameters"] = 0 if encoder is None else count_parameters(encoder)
+    results["encoder_parameters"] = count_parameters(encoder)
     if args.limit:
         results["limit"] = args.limit
     entry["results"] = results
-    state = {} if encoder is None else state
     state.update(probe.state_dict())
     written = publish(args.method, state, entry, history, args.out)
     print(
@@ -162,21 +156,9 @@ def add_evaluate_parser(subparsers) -> None:
                         help="largest accepted difference from the manifest, as a fraction (default 0.002)")
     parser.add_argument("--weights", type=Path, default=None,
                         help="folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="use only the first N training and test images (to check a `pretrain --limit N` run)")
     parser.set_defaults(handler=run_evaluate)
-
-
-def evaluate_shipped(name: str, train_data, test_data, device, directory=None) -> dict:
-    """Measure shipped weights: linear probe (shipped head), macro-F1 and kNN on the test set."""
-    encoder = load_pretrained(name, device, directory)
-    probe = load_probe(name, directory)
-    train_features = extract_features(encoder, train_data[0], device=device)
-    test_features = extract_features(encoder, test_data[0], device=device)
-    predictions = probe.predict(test_features)
-    return {
-        "linear_probe": accuracy(predictions, test_data[1]),
-        "macro_f1": macro_f1(predictions, test_data[1]),
-        "knn": accuracy(knn_predict(train_features, train_data[1], test_features), test_data[1]),
-    }
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -187,6 +169,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         manifest_entry(args.method, args.weights)  # unknown or unshipped names fail here, clearly
         names = [args.method]
     train_data, test_data = load_fashion_mnist("train"), load_fashion_mnist("test")
+    if args.limit:
+        train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
+        test_data = (test_data[0][: args.limit], test_data[1][: args.limit])
     print(f"{'method':<12} {'probe %':>8} {'manifest':>9} {'macro-F1':>9} {'kNN %':>7} {'manifest':>9}")
     failed = []
     for name in names:

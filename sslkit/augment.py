@@ -35,6 +35,11 @@ class AugmentConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> AugmentConfig:
+        """Inverse of ``to_dict`` (JSON turns the tuples into lists)."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+
 
 SIMCLR_AUGMENT = AugmentConfig()
 # Supervised training wants label-preserving views: mild crops and flips, no photometric changes.

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import NUM_CLASSES, VALIDATION_SIZE, to_float, validation_split
+from .weights import load_pretrained, load_probe
 
 PROBE_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 KNN_K = 200
@@ -198,3 +199,27 @@ def evaluate_features(
         },
     }
     return probe, results
+
+
+def evaluate_shipped(
+    name: str,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    device: str | torch.device = "cpu",
+    directory=None,
+) -> dict:
+    """Re-measure shipped weights: test accuracy of the shipped probe, macro-F1, and kNN.
+
+    Only features are computed; the probe is the one fitted when the weights were published, so
+    the accuracy reproduces the manifest's.
+    """
+    encoder = load_pretrained(name, device, directory)
+    probe = load_probe(name, directory)
+    train_features = extract_features(encoder, train_data[0], device=device)
+    test_features = extract_features(encoder, test_data[0], device=device)
+    predictions = probe.predict(test_features)
+    return {
+        "linear_probe": accuracy(predictions, test_data[1]),
+        "macro_f1": macro_f1(predictions, test_data[1]),
+        "knn": accuracy(knn_predict(train_features, train_data[1], test_features), test_data[1]),
+    }

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .evaluate import LinearProbe
+from .augment import AugmentConfig
 from .models import PixelFeatures, build_encoder
 
 METHODS = ("autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae")
@@ -120,8 +120,10 @@ def load_history(name: str, directory: str | Path | None = None) -> list[dict]:
     return json.loads(path.read_text())
 
 
-def load_probe(name: str, directory: str | Path | None = None) -> LinearProbe:
-    """The linear probe fitted on ``name``'s features and shipped with its weights."""
+def load_probe(name: str, directory: str | Path | None = None):
+    """The ``evaluate.LinearProbe`` fitted on ``name``'s features and shipped with its weights."""
+    from .evaluate import LinearProbe  # evaluate.py imports this module
+
     return LinearProbe.from_state_dict(load_state(name, directory))
 
 
@@ -159,6 +161,23 @@ def load_pretrained(name: str, device: str | torch.device = "cpu", directory: st
         load_into(encoder, submodule_state(state, "encoder."), f"{directory / entry['file']} (encoder.*)")
     encoder.eval().requires_grad_(False)
     return encoder.to(device)
+
+
+def load_method(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None) -> nn.Module:
+    """The whole trained method (encoder and heads, e.g. SimCLR's projector), verified, in eval mode."""
+    from .methods import METHOD_CLASSES, build_method
+
+    if name not in METHOD_CLASSES:
+        raise ValueError(f"{name!r} has no trainable method class; methods with heads: {', '.join(METHOD_CLASSES)}")
+    directory = Path(directory or weights_dir())
+    entry = manifest_entry(name, directory)
+    config = dict(entry["config"])
+    if "augment" in config:
+        config["augment_config"] = AugmentConfig.from_dict(config.pop("augment"))
+    method = build_method(name, encoder_config=config.pop("encoder"), **config)
+    state = {key: value for key, value in load_state(name, directory).items() if not key.startswith("probe.")}
+    load_into(method, state, str(directory / entry["file"]))
+    return method.eval().requires_grad_(False).to(device)
 
 
 def publish(

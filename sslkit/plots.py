@@ -1,0 +1,183 @@
+"""The figures the notebooks share. Each function draws one figure and returns it."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .data import CLASS_NAMES
+
+
+def _as_images(images: torch.Tensor) -> np.ndarray:
+    """uint8 ``[N, 28, 28]`` or float ``[N, 1, 28, 28]`` → float array ``[N, 28, 28]`` in [0, 1]."""
+    images = images.detach().cpu()
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    return images.reshape(len(images), *images.shape[-2:]).numpy()
+
+
+def show_images(images: torch.Tensor, titles: list[str] | None = None, columns: int = 8, title: str | None = None,
+                size: float = 1.3) -> plt.Figure:
+    """A grid of grey images with optional per-image titles."""
+    pictures = _as_images(images)
+    rows = int(np.ceil(len(pictures) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * (1.15 if titles else 1)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(pictures):
+            ax.imshow(pictures[i], cmap="gray", vmin=0, vmax=1)
+            if titles:
+                ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_class_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int = 10) -> plt.Figure:
+    """One row per class with its first ``per_class`` images, the class name on the left."""
+    fig, axes = plt.subplots(len(CLASS_NAMES), per_class, figsize=(per_class * 0.9, len(CLASS_NAMES) * 0.95))
+    for c, name in enumerate(CLASS_NAMES):
+        members = torch.nonzero(labels == c).flatten()[:per_class]
+        for j, ax in enumerate(axes[c]):
+            ax.imshow(_as_images(images[members[j : j + 1]])[0], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle("Fashion-MNIST: the first training images of each class")
+    fig.tight_layout()
+    return fig
+
+
+def show_view_pairs(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor) -> plt.Figure:
+    """Three rows: the originals, their first augmented view, their second augmented view."""
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(n * 1.2, 3 * 1.3))
+    for row, (batch, label) in enumerate([(images, "original"), (view1, "view 1"), (view2, "view 2")]):
+        pictures = _as_images(batch)
+        for j in range(n):
+            axes[row, j].imshow(pictures[j], cmap="gray", vmin=0, vmax=1)
+            axes[row, j].set_xticks([])
+            axes[row, j].set_yticks([])
+        axes[row, 0].set_ylabel(label, fontsize=9)
+    fig.suptitle("Two random views of each image: a positive pair for contrastive learning")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: list[dict], keys: tuple[str, ...] = ("loss",), title: str = "Training loss",
+                 ylabel: str = "loss") -> plt.Figure:
+    """Per-epoch curves of the given history keys."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [record["epoch"] for record in history]
+    for key in keys:
+        ax.plot(epochs, [record[key] for record in history], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(keys) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix (test set)") -> plt.Figure:
+    """Row-normalised confusion matrix with the counts' percentages written in the cells."""
+    counts = matrix.double()
+    rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(rates)):
+        for j in range(len(rates)):
+            if rates[i, j] >= 0.01:
+                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_accuracy(accuracies: dict[str, torch.Tensor | list[float]],
+                            title: str = "Per-class accuracy (test set)") -> plt.Figure:
+    """Grouped bars: one group per class, one bar per entry of ``accuracies`` (e.g. probe and kNN)."""
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(accuracies)
+    positions = np.arange(len(CLASS_NAMES))
+    for i, (name, values) in enumerate(accuracies.items()):
+        ax.bar(positions + (i - (len(accuracies) - 1) / 2) * width, 100 * np.asarray(values, dtype=float),
+               width, label=name)
+    ax.set_xticks(positions, CLASS_NAMES, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    if len(accuracies) > 1:
+        ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def embed_2d(features: torch.Tensor, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """2-D embedding of features ``[N, D]`` by t-SNE (perplexity 30, PCA init) or PCA."""
+    x = features.double().numpy()
+    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    if method != "tsne":
+        raise ValueError(f"method must be 'tsne' or 'pca', got {method!r}")
+    from sklearn.manifold import TSNE
+
+    return TSNE(n_components=2, perplexity=30, init="pca", random_state=seed).fit_transform(x)
+
+
+def plot_embedding(points: np.ndarray, labels: torch.Tensor, title: str, ax: plt.Axes | None = None) -> plt.Figure:
+    """Scatter of 2-D points coloured by class, with a legend of class names."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 6))
+    colours = plt.get_cmap("tab10")
+    for c, name in enumerate(CLASS_NAMES):
+        mask = (labels == c).numpy()
+        ax.scatter(points[mask, 0], points[mask, 1], s=4, color=colours(c), label=name, alpha=0.8)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    if fig is not None:
+        fig.tight_layout()
+    return fig or ax.figure
+
+
+def show_retrieval(queries: torch.Tensor, neighbours: torch.Tensor, query_labels: torch.Tensor,
+                   neighbour_labels: torch.Tensor, title: str = "Nearest neighbours in feature space") -> plt.Figure:
+    """One row per query: the query, then its neighbours; a neighbour of another class is framed red."""
+    n_queries, k = neighbours.shape[:2]
+    fig, axes = plt.subplots(n_queries, k + 1, figsize=((k + 1) * 1.1, n_queries * 1.2))
+    for i in range(n_queries):
+        row = [queries[i : i + 1]] + [neighbours[i, j : j + 1] for j in range(k)]
+        for j, ax in enumerate(axes[i]):
+            ax.imshow(_as_images(row[j])[0], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j > 0 and neighbour_labels[i, j - 1] != query_labels[i]:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("red")
+                    spine.set_linewidth(2)
+        axes[i, 0].set_ylabel(CLASS_NAMES[query_labels[i]], rotation=0, ha="right", va="center", fontsize=8)
+    axes[0, 0].set_title("query", fontsize=9)
+    for j in range(1, k + 1):
+        axes[0, j].set_title(f"#{j}", fontsize=9)
+    fig.suptitle(title + " (red frame: another class)")
+    fig.tight_layout()
+    return fig

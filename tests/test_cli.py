@@ -1,0 +1,62 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def sslkit(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "sslkit", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "bench", "results"])
+def test_every_command_explains_its_options(command):
+    result = sslkit(command, "--help")
+    assert result.returncode == 0
+    assert "usage: python -m sslkit " + command in result.stdout
+    assert "--device" in result.stdout or command == "results"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["pretrain", "simclr", "--epochs", "0"], "must be a positive integer"),
+        (["pretrain", "simclr", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["pretrain", "byol"], "invalid choice: 'byol'"),
+        (["evaluate", "byol"], "unknown method 'byol'; methods are autoencoder"),
+    ],
+)
+def test_invalid_values_get_a_clear_error(args, message):
+    result = sslkit(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
+    out = tmp_path / "weights"
+    result = sslkit("pretrain", "simclr", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
+                    "--limit", "600", "--out", str(out), "--checkpoint", str(tmp_path / "run.ckpt"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["methods"]["simclr"]
+    assert entry["epochs"] == 1 and entry["batch_size"] == 64
+    assert entry["command"].startswith("python -m sslkit pretrain simclr --epochs 1")
+    assert 0.0 < entry["results"]["linear_probe"]["test_accuracy"] <= 1.0
+    assert len(entry["results"]["linear_probe"]["per_class_accuracy"]) == 10
+    assert (out / "simclr.pth").stat().st_size == entry["size_bytes"]
+    assert (tmp_path / "run.ckpt").exists() and (tmp_path / "run.history.json").exists()
+
+    evaluated = sslkit("evaluate", "simclr", "--weights", str(out), "--limit", "600", "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "simclr" in evaluated.stdout
+
+    (out / "simclr.pth").write_bytes((out / "simclr.pth").read_bytes()[:-10])  # truncated download
+    broken = sslkit("evaluate", "simclr", "--weights", str(out), "--limit", "600")
+    assert broken.returncode == 2 and "corrupt, truncated or tampered" in broken.stderr
+
+
+def test_readme_results_table_matches_the_manifest():
+    result = sslkit("results", "--check")
+    assert result.returncode == 0, result.stderr

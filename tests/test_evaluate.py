@@ -1,0 +1,75 @@
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import f1_score
+
+from sslkit.evaluate import (
+    LinearProbe,
+    accuracy,
+    confusion_matrix,
+    fit_linear_probe,
+    knn_predict,
+    macro_f1,
+    per_class_accuracy,
+    select_and_fit_linear_probe,
+)
+
+
+def blobs(n=600, d=8, seed=0, spread=1.5):
+    """Ten Gaussian clusters in d dimensions with labels 0..9."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = 3 * torch.randn(10, d, generator=generator)
+    labels = torch.arange(n) % 10
+    return centers[labels] + spread * torch.randn(n, d, generator=generator), labels
+
+
+def test_linear_probe_matches_scikit_learn_logistic_regression():
+    features, labels = blobs()
+    weight_decay = 1e-3
+    probe = fit_linear_probe(features, labels, weight_decay)
+    standardised = ((features - probe.mean) / probe.std).numpy()
+    # sklearn minimises ½‖W‖² + C·Σ CE; ours minimises mean CE + λ‖W‖², i.e. C = 1 / (2 λ N).
+    reference = LogisticRegression(C=1 / (2 * weight_decay * len(labels)), max_iter=5000, tol=1e-10)
+    reference.fit(standardised, labels.numpy())
+    assert torch.allclose(probe.weight, torch.tensor(reference.coef_, dtype=torch.float32), atol=2e-3)
+    assert torch.equal(probe.predict(features), torch.tensor(reference.predict(standardised)))
+
+
+def test_probe_selection_prefers_validation_accuracy_and_round_trips_through_a_state_dict():
+    features, labels = blobs(n=2000, d=16, spread=3.0)
+    probe, validation = select_and_fit_linear_probe(features, labels, weight_decays=(1e-4, 10.0))
+    assert validation[1e-4] > validation[10.0]  # absurdly strong regularisation loses on validation
+    assert probe.weight_decay == 1e-4
+    restored = LinearProbe.from_state_dict(probe.state_dict())
+    assert torch.equal(restored.logits(features), probe.logits(features))
+    with pytest.raises(ValueError, match=r"features \[N, 16\]"):
+        probe.logits(features[:, :8])
+
+
+def test_knn_matches_a_brute_force_vote():
+    train, train_labels = blobs(n=300, d=6, seed=1)
+    query, _ = blobs(n=40, d=6, seed=2)
+    k, temperature = 15, 0.1
+    expected = []
+    for q in query:
+        similarity = torch.nn.functional.cosine_similarity(train, q[None], dim=1)
+        top = similarity.argsort(descending=True)[:k]
+        votes = torch.zeros(10)
+        for i in top:
+            votes[train_labels[i]] += torch.exp(similarity[i] / temperature)
+        expected.append(votes.argmax())
+    assert torch.equal(knn_predict(train, train_labels, query, k=k, temperature=temperature), torch.stack(expected))
+
+
+def test_metrics_match_scikit_learn():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (500,), generator=generator)
+    predictions = torch.where(torch.rand(500, generator=generator) < 0.7, labels,
+                              torch.randint(0, 10, (500,), generator=generator))
+    assert accuracy(predictions, labels) == pytest.approx((predictions == labels).float().mean().item())
+    assert macro_f1(predictions, labels) == pytest.approx(f1_score(labels, predictions, average="macro"))
+    matrix = confusion_matrix(predictions, labels)
+    assert matrix.tolist() == sk_confusion_matrix(labels, predictions, labels=range(10)).tolist()
+    expected_recall = matrix.diag().double() / matrix.sum(1)
+    assert torch.allclose(per_class_accuracy(predictions, labels), expected_recall)
