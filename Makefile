@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make lab    set everything up and open the series in JupyterLab
 #   make test   set everything up and run the unit tests and the notebooks (pytest --nbval)
-# Other targets: make setup | data | lint | bench | results | clean
+# Other targets: make setup | data | notebooks | lint | bench | results | clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: lab test setup data lint bench results clean
+.PHONY: lab test setup data notebooks lint bench results clean
 
 lab: setup data
 	$(BIN)/jupyter lab notebooks/
@@ -42,6 +42,10 @@ data:
 		echo "Fashion-MNIST is not installed. Either run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu),"; \
 		echo "or let torchvision download it: $(BIN)/python -c 'import sslkit.data as d; d.load_fashion_mnist(\"train\"); d.load_fashion_mnist(\"test\")'"; \
 	fi
+
+# Re-execute the notebooks in skip mode and save their outputs (commit them after this).
+notebooks: setup data
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
 
 lint: setup
 	$(BIN)/python -m pip install --quiet ruff

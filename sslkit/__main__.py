@@ -17,7 +17,13 @@ from .methods import METHOD_CLASSES, build_method
 from .models import PixelFeatures, build_encoder, count_parameters
 from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
 from .weights import (
-    BASELINES, METHODS, WeightsError, load_manifest, manifest_entry, publish, weights_dir,
+    BASELINES,
+    METHODS,
+    WeightsError,
+    load_manifest,
+    manifest_entry,
+    publish,
+    weights_dir,
 )
 
 UNTRAINED_BASELINES = ("random", "pixels")  # evaluated as they are: nothing to train
@@ -63,7 +69,8 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--temperature", type=positive_float, help="softmax temperature (contrastive methods)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and views (default 0)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--no-amp", action="store_true", help="train in float32 even where mixed precision is available")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="train in float32 even where mixed precision is available")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for METHOD.pth and manifest.json (default: the repository's weights/)")
     parser.add_argument("--checkpoint", type=Path, default=None,

@@ -15,6 +15,7 @@ peak memory on CUDA) of each trainable method with its shipped recipe.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -113,6 +114,16 @@ def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: i
     return results
 
 
+def _training_step(method, optimizer, images, labels, batch_size, amp_dtype, generator, i: int) -> None:
+    start = (i * batch_size) % (len(images) - batch_size)
+    batch = to_float(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        loss = method.training_step(batch, labels[start : start + batch_size], generator)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def bench_training(images, labels, device: torch.device, batch_size: int, steps: int, methods) -> dict:
     """Training images/s (one image = all its views) and peak CUDA memory of each method's step."""
     images, labels = images.to(device), labels.to(device)
@@ -120,22 +131,11 @@ def bench_training(images, labels, device: torch.device, batch_size: int, steps:
     for name in methods:
         torch.manual_seed(0)
         method = build_method(name).to(device, memory_format=torch.channels_last).train()
-        config = TrainConfig(epochs=1, batch_size=batch_size, **METHOD_CLASSES[name].recipe)
-        optimizer = build_optimizer(method, config)
-        amp_dtype = mixed_precision_dtype(device)
-        generator = torch.Generator(device=device).manual_seed(0)
+        optimizer = build_optimizer(method, TrainConfig(epochs=1, batch_size=batch_size, **METHOD_CLASSES[name].recipe))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-
-        def step(i: int) -> None:
-            start = (i * batch_size) % (len(images) - batch_size)
-            batch = to_float(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = method.training_step(batch, labels[start : start + batch_size], generator)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
+        step = functools.partial(_training_step, method, optimizer, images, labels, batch_size,
+                                 mixed_precision_dtype(device), torch.Generator(device=device).manual_seed(0))
         seconds = time_per_batch(step, device, steps)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         results[name] = {"images_per_second": batch_size / seconds,

@@ -160,7 +160,7 @@ def validation_split(
         raise ValueError(f"validation size must be between 1 and {len(labels) - 1}, got {size}")
     classes, counts = torch.unique(labels, return_counts=True)
     quotas = _proportional_quotas(counts, size)
-    val = _stratified_choice(labels, dict(zip(classes.tolist(), quotas)), seed)
+    val = _stratified_choice(labels, dict(zip(classes.tolist(), quotas, strict=True)), seed)
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[val] = False
     return torch.nonzero(mask).flatten(), val
@@ -176,7 +176,7 @@ def low_label_subset(labels: torch.Tensor, fraction: float, seed: int = SPLIT_SE
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     classes, counts = torch.unique(labels, return_counts=True)
     quotas = _proportional_quotas(counts, max(len(classes), round(fraction * len(labels))))
-    return _stratified_choice(labels, dict(zip(classes.tolist(), quotas)), seed)
+    return _stratified_choice(labels, dict(zip(classes.tolist(), quotas, strict=True)), seed)
 
 
 def _proportional_quotas(counts: torch.Tensor, total: int) -> list[int]:

@@ -172,6 +172,7 @@ def show_retrieval(queries: torch.Tensor, neighbours: torch.Tensor, query_labels
             ax.set_yticks([])
             if j > 0 and neighbour_labels[i, j - 1] != query_labels[i]:
                 for spine in ax.spines.values():
+                    spine.set_visible(True)
                     spine.set_edgecolor("red")
                     spine.set_linewidth(2)
         axes[i, 0].set_ylabel(CLASS_NAMES[query_labels[i]], rotation=0, ha="right", va="center", fontsize=8)

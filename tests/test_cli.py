@@ -60,3 +60,11 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
 def test_readme_results_table_matches_the_manifest():
     result = sslkit("results", "--check")
     assert result.returncode == 0, result.stderr
+
+
+def test_bench_runs_and_prints_the_ratios():
+    result = sslkit("bench", "--device", "cpu", "--batch-size", "32", "--batches", "2", "--steps", "1",
+                    "--methods", "simclr")
+    assert result.returncode == 0, result.stderr
+    assert "x the DataLoader path" in result.stdout and "sslkit / kornia" in result.stdout
+    assert "simclr" in result.stdout and "images/s" in result.stdout

@@ -64,7 +64,7 @@ def test_nt_xent_gradient_matches_loop():
     z2 = torch.randn(4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
     grad_fast = torch.autograd.grad(nt_xent_loss(z1, z2, 0.3), (z1, z2))
     grad_loop = torch.autograd.grad(nt_xent_by_loop(z1, z2, 0.3), (z1, z2))
-    for fast, loop in zip(grad_fast, grad_loop):
+    for fast, loop in zip(grad_fast, grad_loop, strict=True):
         # The loss itself runs in float32, so compare at float32 precision.
         assert torch.allclose(fast, loop, atol=1e-5)
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import sslkit.train
-
 from sslkit.methods import Method, build_method
 from sslkit.train import NonFiniteLossError, TrainConfig, cosine_with_warmup, history_path, train
 
@@ -43,7 +42,7 @@ def test_training_is_deterministic_under_a_seed(train_data):
     history1 = train(first, images[:256], None, config, "cpu", progress=False)
     history2 = train(second, images[:256], None, config, "cpu", progress=False)
     assert history1[0]["loss"] == history2[0]["loss"]
-    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -68,7 +67,7 @@ def test_resume_ends_bitwise_where_an_uninterrupted_run_ends(train_data, tmp_pat
     resumed = fresh(seed=123)  # a different initialisation: resume must overwrite everything
     history = train(resumed, images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
     assert [record["epoch"] for record in history] == [1, 2]
-    for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+    for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     saved_history = json.loads(history_path(tmp_path / "b.ckpt").read_text())
     assert [r["loss"] for r in saved_history] == [r["loss"] for r in history]
@@ -106,7 +105,7 @@ def test_non_finite_loss_stops_training_and_names_the_step(train_data):
 def test_schedule_warms_up_then_decays_to_zero():
     lrs = [cosine_with_warmup(step, 10, 100) for step in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(lrs[i] >= lrs[i + 1] for i in range(9, 99))
     assert cosine_with_warmup(100, 10, 100) == pytest.approx(0.0)
 
 
