@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .data import CLASS_NAMES
+
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 
 
 def _as_images(images: torch.Tensor) -> np.ndarray:
@@ -182,3 +186,10 @@ def show_retrieval(queries: torch.Tensor, neighbours: torch.Tensor, query_labels
     fig.suptitle(title + " (red frame: another class)")
     fig.tight_layout()
     return fig
+
+
+def save_figure(fig: plt.Figure, name: str) -> None:
+    """Save ``fig`` as ``images/<name>.png`` in the repository, where the README shows it."""
+    if not IMAGES_DIR.is_dir():
+        raise FileNotFoundError(f"{IMAGES_DIR} does not exist: save_figure writes into a checkout of the repository")
+    fig.savefig(IMAGES_DIR / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
