@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
 import time
@@ -104,6 +105,8 @@ def run_pretrain(args: argparse.Namespace) -> None:
         state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     else:
         cls = METHOD_CLASSES[args.method]
+        if args.temperature and "temperature" not in inspect.signature(cls).parameters:
+            raise ValueError(f"--temperature does not apply to {args.method}: it has no softmax temperature")
         method_kwargs = {"temperature": args.temperature} if args.temperature else {}
         method = build_method(args.method, **method_kwargs)
         overrides = {"lr": args.lr, "weight_decay": args.weight_decay, "optimizer": args.optimizer,

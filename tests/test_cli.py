@@ -25,6 +25,7 @@ def test_every_command_explains_its_options(command):
         (["pretrain", "simclr", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["pretrain", "byol"], "invalid choice: 'byol'"),
         (["evaluate", "byol"], "unknown method 'byol'; methods are autoencoder"),
+        (["pretrain", "supervised", "--temperature", "0.5"], "--temperature does not apply to supervised"),
     ],
 )
 def test_invalid_values_get_a_clear_error(args, message):
