@@ -21,6 +21,13 @@ def _as_images(images: torch.Tensor) -> np.ndarray:
     return images.reshape(len(images), *images.shape[-2:]).numpy()
 
 
+def _draw_image(ax: plt.Axes, picture: np.ndarray) -> None:
+    """One grey image in [0, 1] on ``ax``, without ticks (the frame stays, for labels and colours)."""
+    ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def show_images(images: torch.Tensor, titles: list[str] | None = None, columns: int = 8, title: str | None = None,
                 size: float = 1.3) -> plt.Figure:
     """A grid of grey images with optional per-image titles."""
@@ -46,9 +53,7 @@ def show_class_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int =
     for c, name in enumerate(CLASS_NAMES):
         members = torch.nonzero(labels == c).flatten()[:per_class]
         for j, ax in enumerate(axes[c]):
-            ax.imshow(_as_images(images[members[j : j + 1]])[0], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _draw_image(ax, _as_images(images[members[j : j + 1]])[0])
             if j == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle("Fashion-MNIST: the first training images of each class")
@@ -63,9 +68,7 @@ def show_view_pairs(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tens
     for row, (batch, label) in enumerate([(images, "original"), (view1, "view 1"), (view2, "view 2")]):
         pictures = _as_images(batch)
         for j in range(n):
-            axes[row, j].imshow(pictures[j], cmap="gray", vmin=0, vmax=1)
-            axes[row, j].set_xticks([])
-            axes[row, j].set_yticks([])
+            _draw_image(axes[row, j], pictures[j])
         axes[row, 0].set_ylabel(label, fontsize=9)
     fig.suptitle("Two random views of each image: a positive pair for contrastive learning")
     fig.tight_layout()
@@ -171,9 +174,7 @@ def show_retrieval(queries: torch.Tensor, neighbours: torch.Tensor, query_labels
     for i in range(n_queries):
         row = [queries[i : i + 1]] + [neighbours[i, j : j + 1] for j in range(k)]
         for j, ax in enumerate(axes[i]):
-            ax.imshow(_as_images(row[j])[0], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _draw_image(ax, _as_images(row[j])[0])
             if j > 0 and neighbour_labels[i, j - 1] != query_labels[i]:
                 for spine in ax.spines.values():
                     spine.set_visible(True)

@@ -260,7 +260,7 @@ def train(
         record = {"epoch": epoch + 1}
         record.update({key: round(float(total) / steps_per_epoch, 6) for key, total in sums.items()})
         record["lr"] = scheduler.get_last_lr()[0]
-        record["seconds"] = round(time.perf_counter() - started, 2)
+        record["seconds"] = round(time.perf_counter() - started, 3)
         history.append(record)
         if progress:
             tqdm.write(f"{method.name} epoch {epoch + 1}/{config.epochs}: " + ", ".join(
