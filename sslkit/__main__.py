@@ -13,7 +13,15 @@ import torch
 
 from . import __version__
 from .data import DataNotFoundError, load_fashion_mnist
-from .evaluate import evaluate_features, evaluate_shipped, extract_features
+from .evaluate import (
+    FINE_TUNE_FRACTIONS,
+    FINE_TUNE_SEEDS,
+    FineTuneConfig,
+    evaluate_features,
+    evaluate_shipped,
+    extract_features,
+    label_efficiency,
+)
 from .methods import METHOD_CLASSES, build_method
 from .models import PixelFeatures, build_encoder, count_parameters
 from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
@@ -22,8 +30,10 @@ from .weights import (
     METHODS,
     WeightsError,
     load_manifest,
+    load_pretrained,
     manifest_entry,
     publish,
+    record_results,
     weights_dir,
 )
 
@@ -200,6 +210,72 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- finetune
+
+
+def add_finetune_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="label efficiency: fine-tune shipped encoders on 1%% and 10%% of the labels, record in the manifest",
+        description=(
+            "For every fraction and seed, fine-tune a copy of METHOD's shipped encoder with a linear head on a "
+            "stratified, seeded subset of the training labels (the same images for every method), print its test "
+            "accuracy, and store mean ± std over seeds and the validation learning curves under "
+            "results.fine_tune in the manifest. 'random' is the same network trained from scratch."
+        ),
+    )
+    parser.add_argument("method", metavar="METHOD",
+                        help=f"one of {', '.join(n for n in METHODS + BASELINES if n != 'pixels')}, or all")
+    parser.add_argument("--fractions", type=positive_float, nargs="+", default=list(FINE_TUNE_FRACTIONS),
+                        help="fractions of the training labels (default: 0.01 0.1)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(FINE_TUNE_SEEDS),
+                        help="seeds: each draws its own subset, head and batches (default: 0 1 2)")
+    parser.add_argument("--steps", type=positive_int, default=FineTuneConfig.steps,
+                        help=f"optimisation steps per run (default {FineTuneConfig.steps})")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="use only the first N training and test images (smoke runs and tests)")
+    parser.set_defaults(handler=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    if any(fraction > 1 for fraction in args.fractions):
+        raise ValueError(f"--fractions must be in (0, 1], got {args.fractions}")
+    if args.method == "pixels":
+        raise ValueError("'pixels' has no network to fine-tune; the from-scratch reference is 'random'")
+    if args.method == "all":
+        names = [n for n in METHODS + BASELINES if n != "pixels" and n in load_manifest(args.weights)["methods"]]
+    else:
+        manifest_entry(args.method, args.weights)
+        names = [args.method]
+    device = resolve_device(args.device)
+    train_data, test_data = load_fashion_mnist("train"), load_fashion_mnist("test")
+    if args.limit:
+        train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
+        test_data = (test_data[0][: args.limit], test_data[1][: args.limit])
+    config = FineTuneConfig(steps=args.steps)
+    for name in names:
+        started = time.perf_counter()
+        encoder = load_pretrained(name, device, args.weights)
+
+        def report(run, name=name):
+            print(f"{name}: {run['labels']} labels ({run['fraction']:g}), seed {run['seed']}: "
+                  f"test accuracy {100 * run['test_accuracy']:.2f}%", flush=True)
+
+        summary = label_efficiency(encoder, train_data, test_data, tuple(args.fractions), tuple(args.seeds),
+                                   config, device, progress=report)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        summary["device"] = describe_device(device)
+        if args.limit:
+            summary["limit"] = args.limit
+        record_results(name, "fine_tune", summary, args.weights)
+        for fraction, result in summary["fractions"].items():
+            print(f"{name}: {fraction} of the labels: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
+                  f"over {len(result['test_accuracy'])} seeds")
+
+
 # ---------------------------------------------------------------------------------------- main
 
 
@@ -212,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_pretrain_parser(subparsers)
     add_evaluate_parser(subparsers)
+    add_finetune_parser(subparsers)
     from .bench import add_bench_parser
     from .results import add_results_parser
 

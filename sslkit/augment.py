@@ -152,3 +152,28 @@ def augment(x: torch.Tensor, config: AugmentConfig = SIMCLR_AUGMENT, generator=N
     if config.erase_prob > 0:
         x = random_erasing(x, config, generator)
     return x
+
+
+def four_rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image rotated by 0°, 90°, 180° and 270° (Gidaris et al. 2018, Eq. 2).
+
+    ``[N, C, H, W]`` (square images) → ``([4N, C, H, W], labels [4N])``: block k holds all N
+    images rotated counter-clockwise by k·90°, labelled k.
+    """
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"four_rotations expects square images [N, C, H, H], got {tuple(x.shape)}")
+    rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+    labels = torch.arange(4, device=x.device).repeat_interleave(len(x))
+    return rotated, labels
+
+
+def random_rotations(x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image rotated by its own random multiple of 90°: ``([N, C, H, W], labels [N])``.
+
+    Label k means a counter-clockwise rotation by k·90°, drawn uniformly from {0, 1, 2, 3}.
+    """
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"random_rotations expects square images [N, C, H, H], got {tuple(x.shape)}")
+    labels = torch.randint(4, (len(x),), device=x.device, generator=generator)
+    all_four = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])  # [4, N, C, H, W]
+    return all_four[labels, torch.arange(len(x), device=x.device)], labels

@@ -5,21 +5,29 @@ statistics and fits a multinomial logistic regression by full-batch L-BFGS; its 
 chosen on the validation split, then it is refitted on all 60,000 training images and reported
 once on the test set. The fitted probe (weights and standardisation statistics) is a few KB and is
 shipped with the encoder, so the test accuracy can be reproduced from test features alone.
+
+Label efficiency: ``fine_tune`` trains the encoder and a linear head end to end on a stratified,
+seeded 1% or 10% of the training labels (the same images for every method), and the same
+network from its random initialisation on the same labels is the from-scratch reference.
 """
 
 from __future__ import annotations
 
+import copy
+import statistics
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .data import NUM_CLASSES, VALIDATION_SIZE, to_float, validation_split
+from .data import NUM_CLASSES, VALIDATION_SIZE, low_label_subset, to_float, validation_split
 from .weights import load_pretrained, load_probe
 
 PROBE_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 KNN_K = 200
 KNN_TEMPERATURE = 0.1
+FINE_TUNE_FRACTIONS = (0.01, 0.1)
+FINE_TUNE_SEEDS = (0, 1, 2)
 
 
 @torch.no_grad()
@@ -234,3 +242,131 @@ def evaluate_shipped(
         "macro_f1": macro_f1(predictions, test_data[1]),
         "knn": accuracy(knn_predict(train_features, train_data[1], test_features), test_data[1]),
     }
+
+
+# ----------------------------------------------------------------------------- label efficiency
+
+
+@dataclass
+class FineTuneConfig:
+    """The fine-tuning recipe, identical for every method and for training from scratch.
+
+    A fixed number of optimisation steps (not epochs), so 1% and 10% of the labels get the same
+    compute: 1,000 steps of 128 images are about 213 passes over 600 images or 21 over 6,000.
+    """
+
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.05
+    evaluations: int = 10  # validation accuracy this many times along the run: the learning curve
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fine_tune_subset(train_labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of ``fraction`` × N labelled training images, stratified and seeded, none of them in
+    the validation split (which scores the learning curves). Identical for every method."""
+    fit_indices, _ = validation_split(train_labels, min(VALIDATION_SIZE, len(train_labels) // 10))
+    count = max(NUM_CLASSES, round(fraction * len(train_labels)))
+    return fit_indices[low_label_subset(train_labels[fit_indices], count / len(fit_indices), seed)]
+
+
+def fine_tune(
+    encoder: torch.nn.Module,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    fraction: float,
+    seed: int,
+    config: FineTuneConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Fine-tune a copy of ``encoder`` with a linear head on a low-label subset; report test accuracy.
+
+    The encoder is trained end to end (nothing frozen) with the supervised baseline's recipe:
+    cross-entropy, mild crops and flips, SGD with Nesterov momentum and a cosine schedule. Pass
+    the randomly initialised encoder (``load_pretrained("random")``) to train from scratch.
+
+    Returns:
+        ``{"fraction", "seed", "labels", "test_accuracy", "curve"}``, where ``curve`` lists
+        ``{"step", "loss", "validation_accuracy"}`` along the run.
+    """
+    from .methods import Supervised  # methods → models; imported here to keep evaluate light
+    from .train import TrainConfig, train
+
+    config = config or FineTuneConfig()
+    images, labels = train_data
+    subset = fine_tune_subset(labels, fraction, seed)
+    _, val_indices = validation_split(labels, min(VALIDATION_SIZE, len(labels) // 10))
+    batch_size = min(config.batch_size, len(subset))
+    steps_per_epoch = len(subset) // batch_size
+    epochs = max(1, round(config.steps / steps_per_epoch))
+    evaluate_every = max(1, epochs // config.evaluations)
+
+    method = Supervised(encoder_config=None)
+    method.encoder = copy.deepcopy(encoder).requires_grad_(True)
+    method.classifier = torch.nn.Linear(encoder.feature_dim, NUM_CLASSES)
+    torch.manual_seed(seed)  # the head's initialisation
+    method.classifier.reset_parameters()
+    train_config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        warmup_epochs=round(config.warmup_fraction * epochs), seed=seed,
+    )
+
+    def predict(model, images_uint8):
+        logits = [model.classifier(model.encoder(to_float(chunk.to(device)))) for chunk in images_uint8.split(1000)]
+        return torch.cat(logits).argmax(1).cpu()
+
+    @torch.no_grad()
+    def validation_point(model, epoch):
+        if epoch % evaluate_every and epoch != epochs:
+            return {}
+        return {"validation_accuracy": round(accuracy(predict(model, images[val_indices]), labels[val_indices]), 6)}
+
+    history = train(method, images[subset], labels[subset], train_config, device, progress=False,
+                    on_epoch_end=validation_point)
+    with torch.no_grad():
+        test_accuracy = accuracy(predict(method, test_data[0]), test_data[1])
+    curve = [
+        {"step": record["epoch"] * steps_per_epoch, "loss": record["loss"],
+         "validation_accuracy": record["validation_accuracy"]}
+        for record in history if "validation_accuracy" in record
+    ]
+    return {"fraction": fraction, "seed": seed, "labels": len(subset), "test_accuracy": round(test_accuracy, 6),
+            "curve": curve}
+
+
+def label_efficiency(
+    encoder: torch.nn.Module,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    fractions: tuple[float, ...] = FINE_TUNE_FRACTIONS,
+    seeds: tuple[int, ...] = FINE_TUNE_SEEDS,
+    config: FineTuneConfig | None = None,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> dict:
+    """``fine_tune`` for every fraction and seed, summarised as mean ± sample std over seeds.
+
+    Returns a JSON-ready dict ``{"config": ..., "fractions": {"0.01": {"labels", "test_accuracy"
+    (one per seed), "mean", "std", "curves"}, ...}}``, as stored in the manifest.
+    """
+    config = config or FineTuneConfig()
+    summary = {"config": {**config.to_dict(), "seeds": list(seeds)}, "fractions": {}}
+    for fraction in fractions:
+        runs = []
+        for seed in seeds:
+            runs.append(fine_tune(encoder, train_data, test_data, fraction, seed, config, device))
+            if progress:
+                progress(runs[-1])
+        accuracies = [run["test_accuracy"] for run in runs]
+        summary["fractions"][f"{fraction:g}"] = {
+            "labels": runs[0]["labels"],
+            "test_accuracy": accuracies,
+            "mean": round(statistics.mean(accuracies), 6),
+            "std": round(statistics.stdev(accuracies), 6) if len(accuracies) > 1 else 0.0,
+            "curves": [run["curve"] for run in runs],
+        }
+    return summary

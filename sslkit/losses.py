@@ -52,3 +52,70 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
         logits = logits.masked_fill(self_mask, float("-inf"))  # a view is never its own negative
         partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
         return F.cross_entropy(logits, partner)
+
+
+def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Bernoulli negative log-likelihood of the pixels, summed over pixels, averaged over images.
+
+    The decoder outputs one logit per pixel; ``sigmoid(logit)`` is the predicted intensity p and
+    each pixel's target intensity x in [0, 1] is scored with the binary cross-entropy
+
+        -log p(x | z) = -Σ_pixels [x log p + (1 - x) log(1 - p)],
+
+    whose minimum over p is at p = x. Grey pixels make this a cross-entropy between intensities
+    rather than a normalised density over [0, 1] (the continuous Bernoulli of Loaiza-Ganem and
+    Cunningham 2019 adds the missing normaliser); it is the usual choice for MNIST-like images
+    because its gradient ``p - x`` stays well scaled where a Gaussian's would need a variance.
+
+    Args:
+        logits: decoder outputs ``[N, C, H, W]``.
+        target: intensities ``[N, C, H, W]`` in ``[0, 1]``.
+
+    Returns:
+        Scalar float32 tensor, in nats per image.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"reconstruction_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+        return per_pixel.flatten(1).sum(dim=1).mean()
+
+
+def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """KL( N(μ, diag σ²) ‖ N(0, I) ) = ½ Σ_j (μ_j² + σ_j² - log σ_j² - 1), averaged over the batch.
+
+    The closed form for diagonal Gaussians (Kingma and Welling 2014, Appendix B), summed over the
+    latent dimensions j. It is zero exactly when μ = 0 and σ = 1.
+
+    Args:
+        mean, log_variance: ``[N, J]``, the parameters of q(z | x) for each image.
+
+    Returns:
+        Scalar float32 tensor, in nats per image.
+    """
+    if mean.shape != log_variance.shape or mean.ndim != 2:
+        raise ValueError(f"gaussian_kl expects mean and log-variance [N, J], got {tuple(mean.shape)} and "
+                         f"{tuple(log_variance.shape)}")
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        mean, log_variance = mean.float(), log_variance.float()
+        return 0.5 * (mean.pow(2) + log_variance.exp() - log_variance - 1).sum(dim=1).mean()
+
+
+def elbo_loss(
+    logits: torch.Tensor, target: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor, beta: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """The negative evidence lower bound of a VAE (Kingma and Welling 2014, Eq. 10), with a β weight.
+
+        -ELBO_β(x) = E_q(z|x)[-log p(x | z)] + β · KL(q(z | x) ‖ p(z)),
+
+    with the expectation estimated by one reparameterised sample z = μ + σ·ε (the decoder's
+    ``logits`` were computed from it). β = 1 is the ELBO; β > 1 is the β-VAE of Higgins et al. (2017).
+
+    Returns:
+        ``{"loss", "reconstruction", "kl"}``, scalars in nats per image.
+    """
+    if beta < 0:
+        raise ValueError(f"elbo_loss: beta must be non-negative, got {beta}")
+    reconstruction = reconstruction_loss(logits, target)
+    kl = gaussian_kl(mean, log_variance)
+    return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import SIMCLR_AUGMENT, SUPERVISED_AUGMENT, AugmentConfig, augment
+from .augment import SIMCLR_AUGMENT, SUPERVISED_AUGMENT, AugmentConfig, augment, random_rotations
 from .data import NUM_CLASSES
-from .losses import nt_xent_loss
-from .models import ProjectionHead, build_encoder
+from .losses import elbo_loss, nt_xent_loss, reconstruction_loss
+from .models import ConvDecoder, GaussianHead, ProjectionHead, build_encoder
 
 
 class Method(nn.Module):
@@ -36,6 +36,167 @@ class Method(nn.Module):
     def config(self) -> dict:
         """Everything needed to rebuild the method: stored in checkpoints and the manifest."""
         return {"encoder": self.encoder.config()}
+
+
+def _augment_or_identity(images: torch.Tensor, config: AugmentConfig | None, generator) -> torch.Tensor:
+    return images if config is None else augment(images, config, generator)
+
+
+class Autoencoder(Method):
+    """A (denoising) autoencoder: encoder → 128-d bottleneck → ``ConvDecoder`` → pixels.
+
+    The pooled features are the bottleneck, so everything the decoder needs to redraw the image
+    has to pass through 128 numbers. With ``noise_std > 0`` the encoder sees the image plus
+    Gaussian noise and the decoder must redraw the clean image (Vincent et al. 2008), which stops
+    the network from copying pixel detail and pushes it towards the shape of the garment.
+    """
+
+    name = "autoencoder"
+    recipe = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_epochs": 2}
+
+    def __init__(
+        self,
+        encoder_config: dict | None = None,
+        decoder_widths: list[int] | tuple[int, ...] = (64, 32, 16),
+        noise_std: float = 0.0,
+        augment_config: AugmentConfig | None = None,
+    ):
+        super().__init__(encoder_config)
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be non-negative, got {noise_std}")
+        self.noise_std = noise_std
+        self.augment_config = augment_config
+        self.decoder = ConvDecoder(self.encoder.feature_dim, decoder_widths)
+
+    def corrupt(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """The encoder's input: the images plus N(0, noise_std²) noise, clipped to [0, 1]."""
+        if self.noise_std == 0:
+            return images
+        noise = torch.randn(images.shape, device=images.device, generator=generator, dtype=images.dtype)
+        return (images + self.noise_std * noise).clamp(0, 1)
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Intensities ``[N, 1, 28, 28]`` in [0, 1] redrawn from the bottleneck of ``images``."""
+        return torch.sigmoid(self.decoder(self.encoder(images)))
+
+    def training_step(self, images, labels=None, generator=None):
+        target = _augment_or_identity(images, self.augment_config, generator)
+        logits = self.decoder(self.encoder(self.corrupt(target, generator)))
+        return {"loss": reconstruction_loss(logits, target)}
+
+    def config(self):
+        return {
+            **super().config(),
+            "decoder_widths": self.decoder.widths,
+            "noise_std": self.noise_std,
+            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
+        }
+
+
+class VAE(Method):
+    """A variational autoencoder (Kingma and Welling 2014) on the shared encoder.
+
+    Encoder trunk → pooled features h → ``GaussianHead`` → q(z | x) = N(μ(h), diag σ²(h)); one
+    reparameterised sample z = μ + σ·ε → ``ConvDecoder`` → Bernoulli logits of the pixels. The
+    loss is the negative ELBO with a β weight on the KL term (``losses.elbo_loss``). Like every
+    other method, the features evaluated are the pooled trunk features h, not μ.
+    """
+
+    name = "vae"
+    recipe = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_epochs": 2}
+
+    def __init__(
+        self,
+        encoder_config: dict | None = None,
+        latent_dim: int = 32,
+        beta: float = 1.0,
+        decoder_widths: list[int] | tuple[int, ...] = (64, 32, 16),
+        augment_config: AugmentConfig | None = None,
+    ):
+        super().__init__(encoder_config)
+        if beta < 0:
+            raise ValueError(f"beta must be non-negative, got {beta}")
+        self.beta = beta
+        self.augment_config = augment_config
+        self.posterior = GaussianHead(self.encoder.feature_dim, latent_dim)
+        self.decoder = ConvDecoder(latent_dim, decoder_widths)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.posterior.latent_dim
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z | x), each ``[N, latent_dim]``."""
+        return self.posterior(self.encoder(images))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixel intensities ``[N, 1, 28, 28]`` in [0, 1] (the Bernoulli means) for latent codes z."""
+        return torch.sigmoid(self.decoder(z))
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        """n images decoded from z ~ N(0, I), the prior."""
+        device = next(self.parameters()).device
+        return self.decode(torch.randn(n, self.latent_dim, device=device, generator=generator))
+
+    def training_step(self, images, labels=None, generator=None):
+        target = _augment_or_identity(images, self.augment_config, generator)
+        mean, log_variance = self.encode(target)
+        epsilon = torch.randn(mean.shape, device=mean.device, generator=generator, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * log_variance) * epsilon  # the reparameterisation trick
+        return elbo_loss(self.decoder(z), target, mean, log_variance, self.beta)
+
+    def config(self):
+        return {
+            **super().config(),
+            "latent_dim": self.latent_dim,
+            "beta": self.beta,
+            "decoder_widths": self.decoder.widths,
+            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
+        }
+
+
+class Rotation(Method):
+    """Rotation prediction (Gidaris et al. 2018): which of 0°, 90°, 180°, 270° was applied?
+
+    Every image of the batch is shown in one random rotation of the four, and a small MLP head on
+    the pooled features classifies it. RotNet shows all four rotations of each image in the same
+    batch (their Table 2), at four times the cost per image; with the common budget of 100 epochs
+    each image is still seen about 25 times in each rotation. Recognising that a shoe is
+    upside down requires knowing what a shoe looks like, which is the feature we are after. The
+    MLP head (rather than a linear one) keeps the last, rotation-specific layer out of the encoder.
+    """
+
+    name = "rotation"
+    recipe = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 5}
+
+    def __init__(
+        self,
+        encoder_config: dict | None = None,
+        head_hidden_dim: int = 256,
+        augment_config: AugmentConfig | None = SUPERVISED_AUGMENT,
+    ):
+        super().__init__(encoder_config)
+        self.augment_config = augment_config
+        self.head = ProjectionHead(self.encoder.feature_dim, head_hidden_dim, 4)
+
+    def rotation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, 4]`` over the rotations 0°, 90°, 180°, 270°."""
+        return self.head(self.encoder(images))
+
+    def training_step(self, images, labels=None, generator=None):
+        views = _augment_or_identity(images, self.augment_config, generator)
+        rotated, rotation_labels = random_rotations(views, generator)
+        logits = self.rotation_logits(rotated.contiguous(memory_format=torch.channels_last))
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            loss = F.cross_entropy(logits.float(), rotation_labels)
+        return {"loss": loss, "accuracy": (logits.argmax(1) == rotation_labels).float().mean()}
+
+    def config(self):
+        return {
+            **super().config(),
+            "head_hidden_dim": self.head.net[0].out_features,
+            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
+        }
 
 
 class SimCLR(Method):
@@ -97,7 +258,9 @@ class Supervised(Method):
         return {**super().config(), "augment": self.augment_config.to_dict()}
 
 
-METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, Supervised)}
+METHOD_CLASSES: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Autoencoder, VAE, Rotation, SimCLR, Supervised)
+}
 
 
 def build_method(name: str, **kwargs) -> Method:

@@ -90,6 +90,47 @@ class ProjectionHead(nn.Module):
         return self.net(h)
 
 
+class ConvDecoder(nn.Module):
+    """Features ``[N, D]`` → pixel logits ``[N, 1, 28, 28]`` (apply a sigmoid for intensities).
+
+    The mirror image of the encoder: a linear layer to a 7×7 map of ``widths[0]`` channels, then
+    two stride-2 transposed convolutions (7 → 14 → 28) and a 3×3 convolution to one channel. The
+    output size is exactly 28×28 (tests check it): ``ConvTranspose2d(kernel 4, stride 2, padding 1)``
+    doubles the side, ``(H - 1)·2 - 2 + 4 = 2H``.
+    """
+
+    def __init__(self, in_dim: int = 128, widths: list[int] | tuple[int, ...] = (64, 32, 16), out_channels: int = 1):
+        super().__init__()
+        self.in_dim, self.widths = in_dim, list(widths)
+        self.project = nn.Sequential(nn.Linear(in_dim, widths[0] * 7 * 7), nn.ReLU())
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(widths[0], widths[1], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[1]), nn.ReLU(),
+            nn.ConvTranspose2d(widths[1], widths[2], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[2]), nn.ReLU(),
+            nn.Conv2d(widths[2], out_channels, 3, 1, 1),
+        )
+
+    def config(self) -> dict:
+        return {"in_dim": self.in_dim, "widths": self.widths}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim != 2 or features.shape[1] != self.in_dim:
+            raise ValueError(f"ConvDecoder expects features [N, {self.in_dim}], got {tuple(features.shape)}")
+        return self.upsample(self.project(features).view(-1, self.widths[0], 7, 7))
+
+
+class GaussianHead(nn.Module):
+    """The VAE's inference head: features → mean and log-variance of q(z | x), each ``[N, latent_dim]``."""
+
+    def __init__(self, in_dim: int = 128, latent_dim: int = 32):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.mean = nn.Linear(in_dim, latent_dim)
+        self.log_variance = nn.Linear(in_dim, latent_dim)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean(h), self.log_variance(h)
+
+
 class PixelFeatures(nn.Module):
     """The raw-pixel baseline as a 'encoder': ``[N, 1, 28, 28]`` → ``[N, 784]``."""
 

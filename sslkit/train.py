@@ -163,6 +163,7 @@ def train(
     device: str | torch.device = "auto",
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
+    on_epoch_end=None,
 ) -> list[dict]:
     """Train ``method`` on ``images`` (uint8 ``[N, 28, 28]``), resuming from ``checkpoint_path``.
 
@@ -175,6 +176,9 @@ def train(
         checkpoint_path: where to save after every epoch (atomically) and resume from if it
             exists. None trains without checkpoints.
         progress: show a tqdm progress bar.
+        on_epoch_end: optional ``f(method, epoch) -> dict`` called after each epoch (``epoch`` counts
+            from 1); what it returns is added to the epoch's history record (e.g. a validation
+            accuracy). The method is in eval mode during the call.
 
     Returns:
         The history: one dict per epoch with its mean loss (and the method's extra metrics),
@@ -261,6 +265,10 @@ def train(
         record.update({key: round(float(total) / steps_per_epoch, 6) for key, total in sums.items()})
         record["lr"] = scheduler.get_last_lr()[0]
         record["seconds"] = round(time.perf_counter() - started, 3)
+        if on_epoch_end is not None:
+            method.eval()
+            record.update(on_epoch_end(method, epoch + 1))
+            method.train()
         history.append(record)
         if progress:
             tqdm.write(f"{method.name} epoch {epoch + 1}/{config.epochs}: " + ", ".join(

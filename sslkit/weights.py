@@ -84,6 +84,15 @@ def manifest_entry(name: str, directory: str | Path | None = None) -> dict:
     return entries[name]
 
 
+def record_results(name: str, key: str, value, directory: str | Path | None = None) -> None:
+    """Set ``results[key]`` in the manifest entry of ``name`` (measured later than training, e.g.
+    label efficiency); the weights file and its hash are unchanged."""
+    manifest_entry(name, directory)  # clear error when nothing is shipped under this name
+    manifest = load_manifest(directory)
+    manifest["methods"][name].setdefault("results", {})[key] = value
+    save_manifest(manifest, directory)
+
+
 def _verified_file(path: Path, expected_sha256: str, what: str) -> Path:
     if not path.is_file():
         raise WeightsError(
@@ -173,7 +182,8 @@ def load_method(name: str, device: str | torch.device = "cpu", directory: str | 
     entry = manifest_entry(name, directory)
     config = dict(entry["config"])
     if "augment" in config:
-        config["augment_config"] = AugmentConfig.from_dict(config.pop("augment"))
+        augment = config.pop("augment")
+        config["augment_config"] = None if augment is None else AugmentConfig.from_dict(augment)
     method = build_method(name, encoder_config=config.pop("encoder"), **config)
     state = {key: value for key, value in load_state(name, directory).items() if not key.startswith("probe.")}
     load_into(method, state, str(directory / entry["file"]))

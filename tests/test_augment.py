@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from sslkit.augment import SIMCLR_AUGMENT, AugmentConfig, augment, gaussian_blur, random_erasing
+from sslkit.augment import (
+    SIMCLR_AUGMENT,
+    AugmentConfig,
+    augment,
+    four_rotations,
+    gaussian_blur,
+    random_erasing,
+    random_rotations,
+)
 
 IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
                          blur_prob=0.0, erase_prob=0.0)
@@ -85,3 +93,29 @@ def test_rejects_non_float_batches(small_batch):
         augment((small_batch[0] * 255).to(torch.uint8))
     with pytest.raises(ValueError, match="float batch"):
         augment(small_batch[0][0])
+
+
+def rotate_back(rotated: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.rot90(view, -k, dims=(1, 2)) for view, k in zip(rotated, labels.tolist(), strict=True)])
+
+
+def test_four_rotations_rotate_back_to_the_input(small_batch):
+    images, _ = small_batch
+    rotated, labels = four_rotations(images[:8])
+    assert rotated.shape == (32, 1, 28, 28)
+    assert labels.tolist() == [0] * 8 + [1] * 8 + [2] * 8 + [3] * 8
+    assert torch.equal(rotate_back(rotated, labels), images[:8].repeat(4, 1, 1, 1))
+    # 90° means counter-clockwise: the top-right pixel moves to the top-left.
+    square = torch.zeros(1, 1, 3, 3)
+    square[0, 0, 0, 2] = 1
+    assert four_rotations(square)[0][1, 0, 0, 0] == 1
+
+
+def test_random_rotations_are_labelled_with_the_rotation_applied(small_batch):
+    images, _ = small_batch
+    rotated, labels = random_rotations(images, torch.Generator().manual_seed(0))
+    assert rotated.shape == images.shape and labels.shape == (len(images),)
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(rotate_back(rotated, labels), images)
+    again, labels_again = random_rotations(images, torch.Generator().manual_seed(0))
+    assert torch.equal(again, rotated) and torch.equal(labels_again, labels)

@@ -4,16 +4,21 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import f1_score
 
+from sslkit.data import validation_split
 from sslkit.evaluate import (
+    FineTuneConfig,
     LinearProbe,
     accuracy,
     confusion_matrix,
+    fine_tune,
+    fine_tune_subset,
     fit_linear_probe,
     knn_predict,
     macro_f1,
     per_class_accuracy,
     select_and_fit_linear_probe,
 )
+from sslkit.models import build_encoder
 
 
 def blobs(n=600, d=8, seed=0, spread=1.5):
@@ -73,3 +78,36 @@ def test_metrics_match_scikit_learn():
     assert matrix.tolist() == sk_confusion_matrix(labels, predictions, labels=range(10)).tolist()
     expected_recall = matrix.diag().double() / matrix.sum(1)
     assert torch.allclose(per_class_accuracy(predictions, labels), expected_recall)
+
+
+# ----------------------------------------------------------------------------- label efficiency
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1])
+def test_fine_tune_subsets_are_stratified_seeded_and_outside_validation(train_data, fraction):
+    labels = train_data[1]
+    subset = fine_tune_subset(labels, fraction, seed=0)
+    assert len(subset) == round(fraction * len(labels)) and len(set(subset.tolist())) == len(subset)
+    assert torch.equal(subset, fine_tune_subset(labels, fraction, seed=0))  # identical for every method
+    assert not torch.equal(subset, fine_tune_subset(labels, fraction, seed=1))  # seeds differ
+    counts = torch.bincount(labels[subset], minlength=10)
+    assert counts.max() - counts.min() <= 1  # Fashion-MNIST is balanced: equal shares per class
+    _, validation = validation_split(labels)
+    assert not set(subset.tolist()) & set(validation.tolist())
+
+
+def test_fine_tune_learns_and_is_deterministic(train_data, test_data):
+    train_slice = (train_data[0][:2000], train_data[1][:2000])
+    test_slice = (test_data[0][:500], test_data[1][:500])
+    config = FineTuneConfig(steps=60, batch_size=64, evaluations=3)
+
+    def run():
+        torch.manual_seed(0)
+        return fine_tune(build_encoder(), train_slice, test_slice, fraction=0.2, seed=0, config=config)
+
+    first, second = run(), run()
+    assert first == second
+    assert first["labels"] == 400 and first["test_accuracy"] > 0.4  # chance is 0.1
+    # 400 labels / 64 = 6 steps an epoch, 10 epochs, evaluated every 3rd epoch and at the end.
+    assert [point["step"] for point in first["curve"]] == [18, 36, 54, 60]
+    assert first["curve"][-1]["loss"] < first["curve"][0]["loss"]

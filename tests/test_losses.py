@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslkit.losses import nt_xent_loss
+from sslkit.losses import elbo_loss, gaussian_kl, nt_xent_loss, reconstruction_loss
 
 
 def nt_xent_by_loop(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -103,3 +103,60 @@ def test_nt_xent_equals_cross_entropy_definition():
         log_probabilities = torch.log_softmax(similarity[i, others], dim=0)
         losses.append(-log_probabilities[others.index((i + 6) % 12)])
     assert nt_xent_loss(z1, z2, 0.7).item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- VAE
+
+
+def test_kl_of_the_prior_itself_is_zero():
+    assert gaussian_kl(torch.zeros(4, 8), torch.zeros(4, 8)).item() == 0.0
+
+
+def test_kl_matches_a_hand_computed_example():
+    # One latent dimension, μ = 1, σ² = e: ½(1 + e - 1 - 1) = (e - 1) / 2 nats.
+    kl = gaussian_kl(torch.tensor([[1.0]]), torch.tensor([[1.0]]))
+    assert kl.item() == pytest.approx((math.e - 1) / 2, rel=1e-6)
+
+
+def test_kl_matches_torch_distributions():
+    generator = torch.Generator().manual_seed(0)
+    mean, log_variance = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
+    posterior = torch.distributions.Normal(mean, torch.exp(0.5 * log_variance))
+    prior = torch.distributions.Normal(torch.zeros(6, 5), torch.ones(6, 5))
+    expected = torch.distributions.kl_divergence(posterior, prior).sum(dim=1).mean()
+    assert gaussian_kl(mean, log_variance).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reconstruction_loss_is_the_bernoulli_negative_log_likelihood_summed_over_pixels():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 28, 28, generator=generator)
+    target = torch.rand(3, 1, 28, 28, generator=generator)
+    p = torch.sigmoid(logits.double())
+    by_hand = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).sum(dim=(1, 2, 3)).mean()
+    assert reconstruction_loss(logits, target).item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_reconstruction_loss_is_smallest_at_the_target():
+    target = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1)).clamp(0.05, 0.95)
+    exact = torch.logit(target)
+    assert reconstruction_loss(exact, target) < reconstruction_loss(exact + 0.1, target)
+    assert reconstruction_loss(exact, target) < reconstruction_loss(exact - 0.1, target)
+
+
+def test_elbo_is_reconstruction_plus_beta_times_kl():
+    generator = torch.Generator().manual_seed(2)
+    logits, target = torch.randn(4, 1, 28, 28, generator=generator), torch.rand(4, 1, 28, 28, generator=generator)
+    mean, log_variance = torch.randn(4, 3, generator=generator), torch.randn(4, 3, generator=generator)
+    terms = elbo_loss(logits, target, mean, log_variance, beta=4.0)
+    assert terms["reconstruction"].item() == pytest.approx(reconstruction_loss(logits, target).item())
+    assert terms["kl"].item() == pytest.approx(gaussian_kl(mean, log_variance).item())
+    assert terms["loss"].item() == pytest.approx(terms["reconstruction"].item() + 4.0 * terms["kl"].item(), rel=1e-6)
+
+
+def test_reconstruction_losses_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="differ"):
+        reconstruction_loss(torch.zeros(2, 1, 28, 28), torch.zeros(2, 1, 14, 14))
+    with pytest.raises(ValueError, match=r"\[N, J\]"):
+        gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="beta"):
+        elbo_loss(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=-1)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sslkit.methods import build_method
-from sslkit.models import ProjectionHead, build_encoder, count_parameters
+from sslkit.models import ConvDecoder, ProjectionHead, build_encoder, count_parameters
 
 
 def test_encoder_shape_and_size():
@@ -24,3 +24,36 @@ def test_projector_shape():
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match="simclr"):
         build_method("simclrr")
+
+
+@pytest.mark.parametrize("in_dim", [128, 16])
+def test_decoder_output_is_exactly_28_by_28(in_dim):
+    assert ConvDecoder(in_dim)(torch.randn(3, in_dim)).shape == (3, 1, 28, 28)
+
+
+def test_decoder_rejects_features_of_the_wrong_size():
+    with pytest.raises(ValueError, match=r"\[N, 128\]"):
+        ConvDecoder(128)(torch.randn(3, 64))
+
+
+def test_autoencoder_and_vae_draw_images_of_the_input_size():
+    images = torch.rand(4, 1, 28, 28)
+    autoencoder, vae = build_method("autoencoder").eval(), build_method("vae").eval()
+    reconstruction = autoencoder.reconstruct(images)
+    assert reconstruction.shape == images.shape and 0 <= reconstruction.min() and reconstruction.max() <= 1
+    mean, log_variance = vae.encode(images)
+    assert mean.shape == log_variance.shape == (4, vae.latent_dim)
+    assert vae.decode(mean).shape == images.shape
+    assert vae.sample(5, torch.Generator().manual_seed(0)).shape == (5, 1, 28, 28)
+
+
+def test_rotation_head_has_four_outputs():
+    assert build_method("rotation").rotation_logits(torch.rand(3, 1, 28, 28)).shape == (3, 4)
+
+
+def test_denoising_input_is_noisy_but_in_range():
+    autoencoder = build_method("autoencoder", noise_std=0.3)
+    images = torch.rand(8, 1, 28, 28)
+    noisy = autoencoder.corrupt(images, torch.Generator().manual_seed(0))
+    assert not torch.equal(noisy, images) and noisy.min() >= 0 and noisy.max() <= 1
+    assert torch.equal(build_method("autoencoder").corrupt(images), images)
