@@ -44,6 +44,8 @@ class AugmentConfig:
 SIMCLR_AUGMENT = AugmentConfig()
 # Supervised training wants label-preserving views: mild crops and flips, no photometric changes.
 SUPERVISED_AUGMENT = AugmentConfig(crop_scale=(0.6, 1.0), jitter_prob=0.0, blur_prob=0.0)
+# Mirror images only: every pixel of the target stays where the encoder saw it.
+FLIP_AUGMENT = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_prob=0.0, blur_prob=0.0)
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor, generator) -> torch.Tensor:

@@ -1,15 +1,19 @@
-"""What every notebook's setup cell does once sslkit is importable."""
+"""What every technique notebook does the same way: the setup cell, the frozen-feature evaluation
+with its checks against the manifest, and the label-efficiency table."""
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .evaluate import LinearProbe, accuracy, extract_features, knn_predict, macro_f1, select_and_fit_linear_probe
 from .train import describe_device, resolve_device
+from .weights import load_probe, manifest_entry
 
 
 def setup(seed: int = 0, pretrain_default: bool = False) -> tuple[torch.device, bool]:
@@ -33,3 +37,65 @@ def setup(seed: int = 0, pretrain_default: bool = False) -> tuple[torch.device, 
     mode = "PRETRAIN=True: training from scratch" if pretrain else "PRETRAIN=False: loading the shipped weights"
     print(f"device: {describe_device(device)}; {mode}")
     return device, pretrain
+
+
+@dataclass
+class FrozenEvaluation:
+    """What ``evaluate_frozen`` measured, for the figures that follow it in a notebook."""
+
+    train_features: torch.Tensor
+    test_features: torch.Tensor
+    probe: LinearProbe
+    predictions: torch.Tensor  # the linear probe's, on the test set
+    knn_predictions: torch.Tensor
+    probe_accuracy: float
+    knn_accuracy: float
+
+
+def evaluate_frozen(
+    name: str,
+    encoder: torch.nn.Module,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    pretrain: bool,
+    device: str | torch.device = "cpu",
+) -> FrozenEvaluation:
+    """The frozen-feature protocol as every technique notebook runs it, with its checks.
+
+    Features of the training and test images; the linear probe (the shipped one in skip mode, a
+    new one chosen on the validation split after training); kNN. Prints what it measured beside
+    the manifest's figures; the notebook asserts that they agree in skip mode.
+    """
+    train_features = extract_features(encoder, train_data[0], device=device)
+    test_features = extract_features(encoder, test_data[0], device=device)
+    probe = select_and_fit_linear_probe(train_features, train_data[1])[0] if pretrain else load_probe(name)
+    predictions = probe.predict(test_features)
+    knn_predictions = knn_predict(train_features, train_data[1], test_features)
+    evaluation = FrozenEvaluation(
+        train_features, test_features, probe, predictions, knn_predictions,
+        accuracy(predictions, test_data[1]), accuracy(knn_predictions, test_data[1]),
+    )
+    recorded = manifest_entry(name)["results"]
+    print(f"linear probe: test accuracy {100 * evaluation.probe_accuracy:.2f}% "
+          f"(manifest {100 * recorded['linear_probe']['test_accuracy']:.2f}%), "
+          f"macro-F1 {macro_f1(predictions, test_data[1]):.4f}, L2 strength {probe.weight_decay:g} "
+          "(chosen on the validation split)")
+    print(f"kNN (k = 200): test accuracy {100 * evaluation.knn_accuracy:.2f}% "
+          f"(manifest {100 * recorded['knn']['test_accuracy']:.2f}%)")
+    return evaluation
+
+
+def print_label_efficiency(names: list[str] | tuple[str, ...]) -> dict[str, dict]:
+    """Print the manifest's fine-tuning results (mean ± std over seeds) of ``names``; return them."""
+    results = {name: manifest_entry(name)["results"]["fine_tune"] for name in names}
+    fractions = list(next(iter(results.values()))["fractions"])
+    header = "".join(f"{f'{float(f):.0%} labels':>18}" for f in fractions)
+    print(f"{'encoder':<24}{header}")
+    for name, result in results.items():
+        cells = "".join(
+            f"{100 * result['fractions'][f]['mean']:>11.2f} ± {100 * result['fractions'][f]['std']:4.2f}"
+            for f in fractions
+        )
+        label = "from scratch (random)" if name == "random" else name
+        print(f"{label:<24}{cells}")
+    return results

@@ -194,3 +194,31 @@ def save_figure(fig: plt.Figure, name: str) -> None:
     if not IMAGES_DIR.is_dir():
         raise FileNotFoundError(f"{IMAGES_DIR} does not exist: save_figure writes into a checkout of the repository")
     fig.savefig(IMAGES_DIR / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
+
+
+def plot_label_efficiency(results: dict[str, dict], title: str = "Fine-tuning with few labels") -> plt.Figure:
+    """Validation-accuracy learning curves of low-label fine-tuning, one panel per label fraction.
+
+    ``results`` maps a name (``"random"`` is drawn as *from scratch*) to its manifest
+    ``results["fine_tune"]``. Each line is the mean over seeds, the band spans the seeds, and the
+    legend gives the test accuracy as mean ± std.
+    """
+    fractions = list(next(iter(results.values()))["fractions"])
+    fig, axes = plt.subplots(1, len(fractions), figsize=(5.5 * len(fractions), 3.8), squeeze=False)
+    for ax, fraction in zip(axes[0], fractions, strict=True):
+        for name, result in results.items():
+            entry = result["fractions"][fraction]
+            steps = [point["step"] for point in entry["curves"][0]]
+            curves = 100 * np.array([[point["validation_accuracy"] for point in curve] for curve in entry["curves"]])
+            label = "from scratch" if name == "random" else name
+            line, = ax.plot(steps, curves.mean(axis=0), marker="o", markersize=3,
+                            label=f"{label}: test {100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}%")
+            ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
+        ax.set_title(f"{float(fraction):.0%} of the labels ({entry['labels']:,} images)")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
