@@ -276,6 +276,83 @@ def run_finetune(args: argparse.Namespace) -> None:
                   f"over {len(result['test_accuracy'])} seeds")
 
 
+# ---------------------------------------------------------------------------------------- sweep
+
+
+def number(text: str) -> int | float:
+    """``"4"`` → 4, ``"0.25"`` → 0.25."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def add_sweep_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="short runs over one setting, scored on the validation split, recorded in the manifest",
+        description=(
+            "For each VALUE, train METHOD for --epochs with PARAM=VALUE (a constructor argument of the method, "
+            "e.g. beta or temperature, or a training setting such as lr or batch_size) and everything else at "
+            "the shipped recipe, then fit the linear probe on the training split and score it on the validation "
+            "split (the test set is never used). Prints and stores, under results.sweeps.PARAM of METHOD's "
+            "manifest entry, each run's last-epoch training metrics and its validation accuracy."
+        ),
+    )
+    parser.add_argument("method", choices=sorted(METHOD_CLASSES), metavar="METHOD",
+                        help=f"one of: {', '.join(sorted(METHOD_CLASSES))}")
+    parser.add_argument("param", metavar="PARAM", help="the setting to vary")
+    parser.add_argument("values", type=number, nargs="+", metavar="VALUE", help="its values")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="folder with manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="use only the first N training images (smoke runs and tests)")
+    parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                        help="stop each epoch after N steps (smoke runs and tests)")
+    parser.set_defaults(handler=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from .evaluate import select_and_fit_linear_probe
+
+    cls = METHOD_CLASSES[args.method]
+    train_fields = {f.name for f in fields(TrainConfig)} - {"epochs", "steps_per_epoch", "amp", "seed"}
+    method_params = set(inspect.signature(cls).parameters) - {"encoder_config", "augment_config"}
+    if args.param not in train_fields | method_params:
+        raise ValueError(f"{args.method} has no setting {args.param!r}; choose one of "
+                         f"{', '.join(sorted(method_params | train_fields))}")
+    manifest_entry(args.method, args.weights)  # results are recorded beside the shipped weights
+    device = resolve_device(args.device)
+    images, labels = load_fashion_mnist("train")
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    runs = []
+    for value in args.values:
+        torch.manual_seed(args.seed)
+        method = build_method(args.method, **({args.param: value} if args.param in method_params else {}))
+        recipe = {**cls.recipe, **({args.param: value} if args.param in train_fields else {})}
+        config = TrainConfig(epochs=args.epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch, **recipe)
+        started = time.perf_counter()
+        history = train(method, images, labels, config, device, progress=False)
+        _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
+        last = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
+        runs.append({"value": value, **last, "validation_accuracy": round(max(validation.values()), 6)})
+        print(f"{args.method} {args.param}={value}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+              + f", validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}% "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
+    sweeps[args.param] = {"epochs": args.epochs, "command": command, "device": describe_device(device), "runs": runs}
+    if args.limit or args.steps_per_epoch:
+        sweeps[args.param]["smoke"] = {"limit": args.limit, "steps_per_epoch": args.steps_per_epoch}
+    record_results(args.method, "sweeps", sweeps, args.weights)
+
+
 # ---------------------------------------------------------------------------------------- main
 
 
@@ -289,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_finetune_parser(subparsers)
+    add_sweep_parser(subparsers)
     from .bench import add_bench_parser
     from .results import add_results_parser
 

@@ -61,18 +61,29 @@ def show_class_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int =
     return fig
 
 
-def show_view_pairs(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor) -> plt.Figure:
-    """Three rows: the originals, their first augmented view, their second augmented view."""
-    n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(n * 1.2, 3 * 1.3))
-    for row, (batch, label) in enumerate([(images, "original"), (view1, "view 1"), (view2, "view 2")]):
-        pictures = _as_images(batch)
-        for j in range(n):
-            _draw_image(axes[row, j], pictures[j])
-        axes[row, 0].set_ylabel(label, fontsize=9)
-    fig.suptitle("Two random views of each image: a positive pair for contrastive learning")
+def show_image_rows(rows: dict[str, torch.Tensor], title: str | None = None, size: float = 1.2) -> plt.Figure:
+    """One row of images per entry, its key written on the left: originals above reconstructions,
+    the four rotations of a batch, views of the same images, an interpolation."""
+    n = max(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * size, len(rows) * size * 1.08), squeeze=False)
+    for row, (label, images) in enumerate(rows.items()):
+        pictures = _as_images(images)
+        for j, ax in enumerate(axes[row]):
+            if j < len(pictures):
+                _draw_image(ax, pictures[j])
+            else:
+                ax.axis("off")
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def show_view_pairs(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor) -> plt.Figure:
+    """Three rows: the originals, their first augmented view, their second augmented view."""
+    return show_image_rows({"original": images, "view 1": view1, "view 2": view2},
+                           "Two random views of each image: a positive pair for contrastive learning")
 
 
 def plot_history(history: list[dict], keys: tuple[str, ...] = ("loss",), title: str = "Training loss",

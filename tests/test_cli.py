@@ -10,7 +10,7 @@ def sslkit(*args, env=None):
                           timeout=600)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "evaluate", "bench", "results"])
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "finetune", "sweep", "bench", "results"])
 def test_every_command_explains_its_options(command):
     result = sslkit(command, "--help")
     assert result.returncode == 0
@@ -26,6 +26,9 @@ def test_every_command_explains_its_options(command):
         (["pretrain", "byol"], "invalid choice: 'byol'"),
         (["evaluate", "byol"], "unknown method 'byol'; methods are autoencoder"),
         (["pretrain", "supervised", "--temperature", "0.5"], "--temperature does not apply to supervised"),
+        (["finetune", "pixels"], "'pixels' has no network to fine-tune"),
+        (["finetune", "simclr", "--fractions", "2"], "--fractions must be in (0, 1]"),
+        (["sweep", "vae", "gamma", "1"], "vae has no setting 'gamma'; choose one of batch_size, beta"),
     ],
 )
 def test_invalid_values_get_a_clear_error(args, message):
@@ -69,3 +72,29 @@ def test_bench_runs_and_prints_the_ratios():
     assert result.returncode == 0, result.stderr
     assert "x the DataLoader path" in result.stdout and "sslkit / kornia" in result.stdout
     assert "simclr" in result.stdout and "images/s" in result.stdout
+
+
+def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
+    out = tmp_path / "weights"
+    common = ["--limit", "600", "--weights", str(out)]
+    published = sslkit("pretrain", "vae", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
+                       "--limit", "600", "--out", str(out), "--checkpoint", str(tmp_path / "vae.ckpt"), "--no-progress")
+    assert published.returncode == 0, published.stderr
+
+    tuned = sslkit("finetune", "vae", "--steps", "3", "--seeds", "0", "1", "--device", "cpu", *common)
+    assert tuned.returncode == 0, tuned.stderr
+    assert "vae: 0.1 of the labels:" in tuned.stdout
+    fine_tune = json.loads((out / "manifest.json").read_text())["methods"]["vae"]["results"]["fine_tune"]
+    assert set(fine_tune["fractions"]) == {"0.01", "0.1"}
+    ten_percent = fine_tune["fractions"]["0.1"]
+    assert ten_percent["labels"] == 60 and len(ten_percent["test_accuracy"]) == 2 and len(ten_percent["curves"]) == 2
+    assert min(ten_percent["test_accuracy"]) <= ten_percent["mean"] <= max(ten_percent["test_accuracy"])
+
+    swept = sslkit("sweep", "vae", "beta", "0.5", "2", "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu",
+                   *common)
+    assert swept.returncode == 0, swept.stderr
+    results = json.loads((out / "manifest.json").read_text())["methods"]["vae"]["results"]
+    runs = results["sweeps"]["beta"]["runs"]
+    assert [run["value"] for run in runs] == [0.5, 2.0]
+    assert all(run["kl"] >= 0 and 0 < run["validation_accuracy"] <= 1 for run in runs)
+    assert "fine_tune" in results  # recording one result keeps the others
