@@ -25,13 +25,21 @@ DISPLAY_NAMES = {
 }
 
 
+def fine_tuned(results: dict, fraction: str) -> str:
+    """``mean ± std`` of the low-label fine-tuning runs (in %), or a dash where none were run."""
+    runs = results.get("fine_tune", {}).get("fractions", {}).get(fraction)
+    if runs is None:
+        return "–"
+    return f"{100 * runs['mean']:.2f} ± {100 * runs['std']:.2f}"
+
+
 def results_table(manifest: dict) -> str:
     """A Markdown table: one row per shipped method, then the baselines, from manifest results."""
     entries = manifest.get("methods", {})
     header = (
-        "| Method | Linear probe (test %) | Macro-F1 | kNN (test %) | Feature dim | Encoder params "
-        "| Epochs | Pretraining time | Trained on |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| Method | Linear probe (test %) | Macro-F1 | kNN (test %) | Fine-tuned, 1% labels (test %) "
+        "| Fine-tuned, 10% labels (test %) | Feature dim | Encoder params | Epochs | Pretraining time | Trained on |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     rows = []
     for name in METHODS + BASELINES:
@@ -43,6 +51,7 @@ def results_table(manifest: dict) -> str:
         rows.append(
             f"| {DISPLAY_NAMES[name]} | {100 * results['linear_probe']['test_accuracy']:.2f} "
             f"| {results['linear_probe']['macro_f1']:.4f} | {100 * results['knn']['test_accuracy']:.2f} "
+            f"| {fine_tuned(results, '0.01')} | {fine_tuned(results, '0.1')} "
             f"| {results['feature_dim']} | {results['encoder_parameters']:,} | {entry['epochs']} "
             f"| {minutes} | {entry.get('device', '–')} |"
         )
