@@ -54,6 +54,26 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+
+
+def add_weights_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--weights", type=Path, default=None, help=help)
+
+
+def add_limit_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--limit", type=positive_int, default=None, help=help)
+
+
+def load_splits(limit: int | None) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``(train_images, train_labels), (test_images, test_labels)``, each cut to ``limit`` images if given."""
+    splits = load_fashion_mnist("train"), load_fashion_mnist("test")
+    if limit:
+        splits = tuple((images[:limit], labels[:limit]) for images, labels in splits)
+    return splits
+
+
 # ---------------------------------------------------------------------------------------- pretrain
 
 
@@ -79,15 +99,14 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs (default: the method's recipe)")
     parser.add_argument("--temperature", type=positive_float, help="softmax temperature (contrastive methods)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and views (default 0)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    add_device_argument(parser)
     parser.add_argument("--no-amp", action="store_true",
                         help="train in float32 even where mixed precision is available")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for METHOD.pth and manifest.json (default: the repository's weights/)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.ckpt)")
-    parser.add_argument("--limit", type=positive_int, default=None,
-                        help="use only the first N training and test images (smoke runs and tests)")
+    add_limit_argument(parser, "use only the first N training and test images (smoke runs and tests)")
     parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
                         help="stop each epoch after N steps (smoke runs and tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -96,11 +115,7 @@ def add_pretrain_parser(subparsers) -> None:
 
 def run_pretrain(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    train_images, train_labels = load_fashion_mnist("train")
-    test_images, test_labels = load_fashion_mnist("test")
-    if args.limit:
-        train_images, train_labels = train_images[: args.limit], train_labels[: args.limit]
-        test_images, test_labels = test_images[: args.limit], test_labels[: args.limit]
+    (train_images, train_labels), (test_images, test_labels) = load_splits(args.limit)
     command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     entry = {"command": command, "torch_version": torch.__version__, "sslkit_version": __version__}
     history: list[dict] = []
@@ -171,13 +186,11 @@ def add_evaluate_parser(subparsers) -> None:
         ),
     )
     parser.add_argument("method", metavar="METHOD", help=f"one of {', '.join(METHODS + BASELINES)}, or all")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    add_device_argument(parser)
     parser.add_argument("--tolerance", type=float, default=0.002,
                         help="largest accepted difference from the manifest, as a fraction (default 0.002)")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
-    parser.add_argument("--limit", type=positive_int, default=None,
-                        help="use only the first N training and test images (to check a `pretrain --limit N` run)")
+    add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    add_limit_argument(parser, "use only the first N training and test images (to check a `pretrain --limit N` run)")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -188,10 +201,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         manifest_entry(args.method, args.weights)  # unknown or unshipped names fail here, clearly
         names = [args.method]
-    train_data, test_data = load_fashion_mnist("train"), load_fashion_mnist("test")
-    if args.limit:
-        train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
-        test_data = (test_data[0][: args.limit], test_data[1][: args.limit])
+    train_data, test_data = load_splits(args.limit)
     print(f"{'method':<12} {'probe %':>8} {'manifest':>9} {'macro-F1':>9} {'kNN %':>7} {'manifest':>9}")
     failed = []
     for name in names:
@@ -232,11 +242,9 @@ def add_finetune_parser(subparsers) -> None:
                         help="seeds: each draws its own subset, head and batches (default: 0 1 2)")
     parser.add_argument("--steps", type=positive_int, default=FineTuneConfig.steps,
                         help=f"optimisation steps per run (default {FineTuneConfig.steps})")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
-    parser.add_argument("--limit", type=positive_int, default=None,
-                        help="use only the first N training and test images (smoke runs and tests)")
+    add_device_argument(parser)
+    add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    add_limit_argument(parser, "use only the first N training and test images (smoke runs and tests)")
     parser.set_defaults(handler=run_finetune)
 
 
@@ -251,10 +259,7 @@ def run_finetune(args: argparse.Namespace) -> None:
         manifest_entry(args.method, args.weights)
         names = [args.method]
     device = resolve_device(args.device)
-    train_data, test_data = load_fashion_mnist("train"), load_fashion_mnist("test")
-    if args.limit:
-        train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
-        test_data = (test_data[0][: args.limit], test_data[1][: args.limit])
+    train_data, test_data = load_splits(args.limit)
     config = FineTuneConfig(steps=args.steps)
     for name in names:
         started = time.perf_counter()
@@ -305,11 +310,9 @@ def add_sweep_parser(subparsers) -> None:
     parser.add_argument("values", type=number, nargs="+", metavar="VALUE", help="its values")
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="folder with manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
-    parser.add_argument("--limit", type=positive_int, default=None,
-                        help="use only the first N training images (smoke runs and tests)")
+    add_device_argument(parser)
+    add_weights_argument(parser, "folder with manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
     parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
                         help="stop each epoch after N steps (smoke runs and tests)")
     parser.set_defaults(handler=run_sweep)
@@ -328,9 +331,7 @@ def run_sweep(args: argparse.Namespace) -> None:
                          f"{', '.join(sorted(method_params | train_fields))}")
     manifest_entry(args.method, args.weights)  # results are recorded beside the shipped weights
     device = resolve_device(args.device)
-    images, labels = load_fashion_mnist("train")
-    if args.limit:
-        images, labels = images[: args.limit], labels[: args.limit]
+    (images, labels), _ = load_splits(args.limit)
     runs = []
     for value in args.values:
         torch.manual_seed(args.seed)
