@@ -81,6 +81,27 @@ def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
         return per_pixel.flatten(1).sum(dim=1).mean()
 
 
+def reconstruction_floor(images: torch.Tensor) -> torch.Tensor:
+    """The smallest ``reconstruction_loss`` each image can have: the entropy of its pixels.
+
+    The binary cross-entropy of a pixel of intensity x is smallest at p = x, where it equals the
+    binary entropy H(x) = -x log x - (1 - x) log(1 - x), zero only for black or white pixels. So
+    even a perfect decoder pays Σ_pixels H(x) nats for an image with grey pixels; read a
+    reconstruction loss against this floor.
+
+    Args:
+        images: ``uint8`` images ``[N, H, W]`` or intensities in ``[0, 1]`` of any shape ``[N, ...]``.
+
+    Returns:
+        ``[N]`` float64 tensor, in nats per image.
+    """
+    x = images.double() / 255 if images.dtype == torch.uint8 else images.double()
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError("reconstruction_floor: intensities must lie in [0, 1] (or pass uint8 images)")
+    entropy = -(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x))
+    return entropy.flatten(1).sum(dim=1)
+
+
 def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
     """KL( N(μ, diag σ²) ‖ N(0, I) ) = ½ Σ_j (μ_j² + σ_j² - log σ_j² - 1), averaged over the batch.
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy import stats
 
 from .evaluate import LinearProbe, accuracy, extract_features, knn_predict, macro_f1, select_and_fit_linear_probe
 from .train import describe_device, resolve_device
@@ -99,3 +100,25 @@ def print_label_efficiency(names: list[str] | tuple[str, ...]) -> dict[str, dict
         label = "from scratch (random)" if name == "random" else name
         print(f"{label:<24}{cells}")
     return results
+
+
+def print_gain_over_scratch(results: dict[str, dict], name: str) -> dict[str, float]:
+    """For each label fraction: ``name``'s fine-tuned test accuracy minus training from scratch.
+
+    ``results`` holds the label-efficiency results of ``name`` and of ``"random"`` (as returned by
+    ``print_label_efficiency`` or ``evaluate.label_efficiency``). With three seeds a difference of
+    means says little on its own, so each line adds its standard error and Welch's t-test over the
+    seeds' test accuracies (unequal variances). Returns ``{fraction: mean difference}``.
+    """
+    gains = {}
+    for fraction, result in results[name]["fractions"].items():
+        scratch = results["random"]["fractions"][fraction]
+        ours, theirs = np.array(result["test_accuracy"]), np.array(scratch["test_accuracy"])
+        gains[fraction] = float(ours.mean() - theirs.mean())
+        standard_error = np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs))
+        p_value = stats.ttest_ind(ours, theirs, equal_var=False).pvalue
+        verdict = "significant" if p_value < 0.05 else "not significant"
+        print(f"{float(fraction):.0%} of the labels ({result['labels']:,} images): {name} {100 * ours.mean():.2f}% − "
+              f"from scratch {100 * theirs.mean():.2f}% = {100 * gains[fraction]:+.2f} ± {100 * standard_error:.2f} "
+              f"points (Welch's t-test over {len(ours)} + {len(theirs)} seeds: p = {p_value:.3f}, {verdict} at 5%)")
+    return gains

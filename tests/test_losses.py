@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslkit.losses import elbo_loss, gaussian_kl, nt_xent_loss, reconstruction_loss
+from sslkit.losses import elbo_loss, gaussian_kl, nt_xent_loss, reconstruction_floor, reconstruction_loss
 
 
 def nt_xent_by_loop(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -160,3 +160,17 @@ def test_reconstruction_losses_reject_mismatched_shapes():
         gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="beta"):
         elbo_loss(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=-1)
+
+
+def test_reconstruction_floor_is_the_loss_of_a_perfect_reconstruction():
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[0] = 0  # an all-black image costs nothing
+    x = images.float().div(255)[:, None]
+    perfect = torch.logit(x.double(), eps=1e-12).float()
+    floor = reconstruction_floor(images)
+    assert floor.shape == (5,) and floor[0] == 0
+    for i in range(1, 5):
+        assert reconstruction_loss(perfect[i : i + 1], x[i : i + 1]).item() == pytest.approx(floor[i].item(), rel=1e-4)
+    assert torch.allclose(reconstruction_floor(x), floor)  # uint8 or intensities: the same numbers
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        reconstruction_floor(x * 2)
