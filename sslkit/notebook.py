@@ -12,7 +12,18 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .evaluate import LinearProbe, accuracy, extract_features, knn_predict, macro_f1, select_and_fit_linear_probe
+from .data import CLASS_NAMES
+from .evaluate import (
+    LinearProbe,
+    accuracy,
+    confusion_matrix,
+    extract_features,
+    knn_predict,
+    macro_f1,
+    per_class_accuracy,
+    select_and_fit_linear_probe,
+)
+from .plots import plot_confusion_matrix, plot_per_class_accuracy
 from .train import describe_device, resolve_device
 from .weights import load_probe, manifest_entry
 
@@ -51,6 +62,31 @@ class FrozenEvaluation:
     knn_predictions: torch.Tensor
     probe_accuracy: float
     knn_accuracy: float
+
+    def per_class(self, labels: torch.Tensor, title: str) -> dict[str, torch.Tensor]:
+        """Per-class test accuracy of the linear probe and of kNN: printed, drawn, and returned."""
+        per_class = {"linear probe": per_class_accuracy(self.predictions, labels),
+                     "kNN": per_class_accuracy(self.knn_predictions, labels)}
+        for name, probe_value, knn_value in zip(CLASS_NAMES, per_class["linear probe"], per_class["kNN"], strict=True):
+            print(f"  {name:<12} probe {100 * probe_value:5.1f}%   kNN {100 * knn_value:5.1f}%")
+        plot_per_class_accuracy(per_class, title=title)
+        return per_class
+
+    def confusions(self, labels: torch.Tensor, title: str, top: int = 3) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """The linear probe's confusion matrix, drawn, and its ``top`` largest mistakes, printed.
+
+        Returns:
+            ``(matrix, pairs)``: the matrix (rows: true class, columns: predicted) and the
+            ``(true, predicted)`` class pairs of the largest off-diagonal counts, largest first.
+        """
+        matrix = confusion_matrix(self.predictions, labels)
+        plot_confusion_matrix(matrix, title=title)
+        off_diagonal = matrix.clone().fill_diagonal_(0)
+        pairs = [divmod(index, len(CLASS_NAMES)) for index in torch.topk(off_diagonal.flatten(), top).indices.tolist()]
+        for true, predicted in pairs:
+            count = off_diagonal[true, predicted].item()
+            print(f"{CLASS_NAMES[true]} taken for {CLASS_NAMES[predicted]}: {count} test images")
+        return matrix, pairs
 
 
 def evaluate_frozen(
@@ -102,23 +138,38 @@ def print_label_efficiency(names: list[str] | tuple[str, ...]) -> dict[str, dict
     return results
 
 
-def print_gain_over_scratch(results: dict[str, dict], name: str) -> dict[str, float]:
-    """For each label fraction: ``name``'s fine-tuned test accuracy minus training from scratch.
+def print_gain_over_scratch(results: dict[str, dict], name: str) -> dict[str, dict[str, float]]:
+    """For each label fraction: how much starting from ``name``'s encoder helps fine-tuning.
 
     ``results`` holds the label-efficiency results of ``name`` and of ``"random"`` (as returned by
-    ``print_label_efficiency`` or ``evaluate.label_efficiency``). With three seeds a difference of
-    means says little on its own, so each line adds its standard error and Welch's t-test over the
-    seeds' test accuracies (unequal variances). Returns ``{fraction: mean difference}``.
+    ``print_label_efficiency`` or ``evaluate.label_efficiency``). Prints, per fraction, the
+    difference of the mean test accuracies with its standard error and Welch's t-test over the
+    seeds (with three seeds a difference of means says little on its own), and the difference of
+    the mean validation accuracies at the first and at the last point of the learning curves: a
+    head start that training from scratch catches up with shows there and not in the end point.
+
+    Returns:
+        ``{fraction: {"gain", "standard_error", "p_value", "first_gap", "last_gap"}}``, accuracies
+        as fractions.
     """
-    gains = {}
+    comparison = {}
     for fraction, result in results[name]["fractions"].items():
         scratch = results["random"]["fractions"][fraction]
         ours, theirs = np.array(result["test_accuracy"]), np.array(scratch["test_accuracy"])
-        gains[fraction] = float(ours.mean() - theirs.mean())
-        standard_error = np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs))
-        p_value = stats.ttest_ind(ours, theirs, equal_var=False).pvalue
+        gain = float(ours.mean() - theirs.mean())
+        standard_error = float(np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs)))
+        p_value = float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue)
+        curves = [np.array([[p["validation_accuracy"] for p in curve] for curve in r["curves"]]).mean(axis=0)
+                  for r in (result, scratch)]
+        steps = [point["step"] for point in result["curves"][0]]
+        first_gap, last_gap = float(curves[0][0] - curves[1][0]), float(curves[0][-1] - curves[1][-1])
+        comparison[fraction] = {"gain": gain, "standard_error": standard_error, "p_value": p_value,
+                                "first_gap": first_gap, "last_gap": last_gap}
         verdict = "significant" if p_value < 0.05 else "not significant"
-        print(f"{float(fraction):.0%} of the labels ({result['labels']:,} images): {name} {100 * ours.mean():.2f}% − "
-              f"from scratch {100 * theirs.mean():.2f}% = {100 * gains[fraction]:+.2f} ± {100 * standard_error:.2f} "
-              f"points (Welch's t-test over {len(ours)} + {len(theirs)} seeds: p = {p_value:.3f}, {verdict} at 5%)")
-    return gains
+        print(f"{float(fraction):.0%} of the labels ({result['labels']:,} images): "
+              f"test {name} {100 * ours.mean():.2f}% − from scratch {100 * theirs.mean():.2f}% = "
+              f"{100 * gain:+.2f} ± {100 * standard_error:.2f} points")
+        print(f"    Welch's t-test over {len(ours)} + {len(theirs)} seeds: p = {p_value:.3f}, {verdict} at 5%; "
+              f"validation accuracy, mean over seeds: {100 * first_gap:+.1f} points at step {steps[0]}, "
+              f"{100 * last_gap:+.1f} at step {steps[-1]}")
+    return comparison

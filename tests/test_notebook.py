@@ -1,22 +1,26 @@
 import math
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from sslkit.notebook import print_gain_over_scratch, setup
+from sslkit.notebook import FrozenEvaluation, print_gain_over_scratch, setup
 
 
 def _results(ours, scratch, labels=600):
-    def entry(accuracies):
-        return {"fractions": {"0.01": {"labels": labels, "test_accuracy": accuracies}}}
+    def entry(accuracies, start):  # learning curves: validation accuracy at steps 100 and 200 of each seed
+        curves = [[{"step": 100, "validation_accuracy": start}, {"step": 200, "validation_accuracy": accuracy}]
+                  for accuracy in accuracies]
+        return {"fractions": {"0.01": {"labels": labels, "test_accuracy": accuracies, "curves": curves}}}
 
-    return {"vae": entry(ours), "random": entry(scratch)}
+    return {"vae": entry(ours, 0.7), "random": entry(scratch, 0.6)}
 
 
 def test_gain_over_scratch_matches_welchs_t_test_by_hand(capsys):
     ours, scratch = [0.84, 0.85, 0.86], [0.80, 0.83, 0.81]
-    gains = print_gain_over_scratch(_results(ours, scratch), "vae")
-    assert gains["0.01"] == pytest.approx(0.85 - 0.8133333, abs=1e-6)
+    comparison = print_gain_over_scratch(_results(ours, scratch), "vae")["0.01"]
+    assert comparison["gain"] == pytest.approx(0.85 - 0.8133333, abs=1e-6)
+    assert comparison["first_gap"] == pytest.approx(0.1) and comparison["last_gap"] == pytest.approx(comparison["gain"])
 
     # Welch by hand: t = difference / standard error, Welch–Satterthwaite degrees of freedom, and
     # the two-sided p-value by integrating the Student-t density numerically.
@@ -25,20 +29,22 @@ def test_gain_over_scratch_matches_welchs_t_test_by_hand(capsys):
         return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
     a, b = variance(ours) / 3, variance(scratch) / 3
-    t = gains["0.01"] / math.sqrt(a + b)
+    assert comparison["standard_error"] == pytest.approx(math.sqrt(a + b))
+    t = comparison["gain"] / math.sqrt(a + b)
     df = (a + b) ** 2 / (a**2 / 2 + b**2 / 2)
     x = torch.linspace(t, 2000, 2_000_001, dtype=torch.float64)
     log_density = (math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
                    - (df + 1) / 2 * torch.log1p(x**2 / df))
     p_value = 2 * torch.trapezoid(log_density.exp(), x).item()
     out = capsys.readouterr().out
-    assert f"p = {p_value:.3f}, significant at 5%" in out
+    assert comparison["p_value"] == pytest.approx(p_value, abs=1e-4)
+    assert f"p = {p_value:.3f}, significant at 5%" in out and "+10.0 points at step 100, +3.7 at step 200" in out
     assert "600 images" in out and f"+3.67 ± {100 * math.sqrt(a + b):.2f} points" in out
 
 
 def test_gain_over_scratch_is_not_significant_for_overlapping_seeds(capsys):
-    gains = print_gain_over_scratch(_results([0.80, 0.83, 0.81], [0.81, 0.80, 0.83]), "vae")
-    assert gains["0.01"] == pytest.approx(0.0, abs=1e-9)
+    comparison = print_gain_over_scratch(_results([0.80, 0.83, 0.81], [0.81, 0.80, 0.83]), "vae")["0.01"]
+    assert comparison["gain"] == pytest.approx(0.0, abs=1e-9) and comparison["p_value"] == pytest.approx(1.0)
     out = capsys.readouterr().out
     assert "+0.00 ±" in out and "p = 1.000, not significant at 5%" in out
 
@@ -47,3 +53,20 @@ def test_setup_rejects_a_bad_pretrain_switch(monkeypatch):
     monkeypatch.setenv("SSLKIT_PRETRAIN", "yes")
     with pytest.raises(ValueError, match="SSLKIT_PRETRAIN must be 0 or 1"):
         setup()
+
+
+def test_frozen_evaluation_reports_per_class_accuracy_and_the_largest_confusions(capsys):
+    labels = torch.arange(10).repeat(10)  # 10 images per class
+    predictions = labels.clone()
+    predictions[labels == 6] = torch.tensor([0, 0, 0, 0, 2, 2, 6, 6, 6, 6])  # shirts: 4 → T-shirt, 2 → pullover
+    predictions[labels == 4] = torch.tensor([2, 4, 4, 4, 4, 4, 4, 4, 4, 4])  # one coat → pullover
+    evaluation = FrozenEvaluation(torch.zeros(1), torch.zeros(1), None, predictions, labels, 0.0, 1.0)
+    per_class = evaluation.per_class(labels, "test")
+    assert per_class["linear probe"][6].item() == pytest.approx(0.4) and per_class["linear probe"][4].item() == 0.9
+    assert torch.equal(per_class["kNN"], torch.ones(10))
+    matrix, pairs = evaluation.confusions(labels, "test", top=3)
+    assert matrix.sum() == 100 and matrix[6, 0] == 4
+    assert pairs == [(6, 0), (6, 2), (4, 2)]
+    out = capsys.readouterr().out
+    assert "Shirt        probe  40.0%   kNN 100.0%" in out and "Shirt taken for T-shirt/top: 4 test images" in out
+    plt.close("all")
