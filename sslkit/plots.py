@@ -33,7 +33,7 @@ def show_images(images: torch.Tensor, titles: list[str] | None = None, columns: 
     """A grid of grey images with optional per-image titles."""
     pictures = _as_images(images)
     rows = int(np.ceil(len(pictures) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * (1.15 if titles else 1)),
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * (1.3 if titles else 1)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
