@@ -166,10 +166,11 @@ def print_gain_over_scratch(results: dict[str, dict], name: str) -> dict[str, di
         comparison[fraction] = {"gain": gain, "standard_error": standard_error, "p_value": p_value,
                                 "first_gap": first_gap, "last_gap": last_gap}
         verdict = "significant" if p_value < 0.05 else "not significant"
+        p_text = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
         print(f"{float(fraction):.0%} of the labels ({result['labels']:,} images): "
               f"test {name} {100 * ours.mean():.2f}% − from scratch {100 * theirs.mean():.2f}% = "
               f"{100 * gain:+.2f} ± {100 * standard_error:.2f} points")
-        print(f"    Welch's t-test over {len(ours)} + {len(theirs)} seeds: p = {p_value:.3f}, {verdict} at 5%; "
+        print(f"    Welch's t-test over {len(ours)} + {len(theirs)} seeds: {p_text}, {verdict} at 5%; "
               f"validation accuracy, mean over seeds: {100 * first_gap:+.1f} points at step {steps[0]}, "
               f"{100 * last_gap:+.1f} at step {steps[-1]}")
     return comparison

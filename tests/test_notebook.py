@@ -42,6 +42,11 @@ def test_gain_over_scratch_matches_welchs_t_test_by_hand(capsys):
     assert "600 images" in out and f"+3.67 ± {100 * math.sqrt(a + b):.2f} points" in out
 
 
+def test_gain_over_scratch_reports_tiny_p_values_as_below_one_in_a_thousand(capsys):
+    comparison = print_gain_over_scratch(_results([0.900, 0.901, 0.902], [0.800, 0.801, 0.802]), "vae")["0.01"]
+    assert comparison["p_value"] < 0.001 and "p < 0.001, significant at 5%" in capsys.readouterr().out
+
+
 def test_gain_over_scratch_is_not_significant_for_overlapping_seeds(capsys):
     comparison = print_gain_over_scratch(_results([0.80, 0.83, 0.81], [0.81, 0.80, 0.83]), "vae")["0.01"]
     assert comparison["gain"] == pytest.approx(0.0, abs=1e-9) and comparison["p_value"] == pytest.approx(1.0)
