@@ -20,6 +20,7 @@ from .evaluate import (
     evaluate_features,
     evaluate_shipped,
     extract_features,
+    geometry,
     label_efficiency,
 )
 from .methods import METHOD_CLASSES, build_method
@@ -160,6 +161,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
     test_features = extract_features(encoder, test_images, device=device)
     probe, results = evaluate_features(train_features, train_labels, test_features, test_labels)
     results["encoder_parameters"] = count_parameters(encoder)
+    results["geometry"] = geometry(encoder, test_images, device=device)
     if args.limit:
         results["limit"] = args.limit
     entry["results"] = results
@@ -194,13 +196,17 @@ def add_evaluate_parser(subparsers) -> None:
     parser.set_defaults(handler=run_evaluate)
 
 
+def shipped_names(method: str, directory: Path | None, exclude: tuple[str, ...] = ()) -> list[str]:
+    """``[method]`` if it is shipped (a clear error if not), or every shipped name for ``"all"``."""
+    if method == "all":
+        return [n for n in METHODS + BASELINES if n not in exclude and n in load_manifest(directory)["methods"]]
+    manifest_entry(method, directory)  # unknown or unshipped names fail here, clearly
+    return [method]
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    if args.method == "all":
-        names = [n for n in METHODS + BASELINES if n in load_manifest(args.weights)["methods"]]
-    else:
-        manifest_entry(args.method, args.weights)  # unknown or unshipped names fail here, clearly
-        names = [args.method]
+    names = shipped_names(args.method, args.weights)
     train_data, test_data = load_splits(args.limit)
     print(f"{'method':<12} {'probe %':>8} {'manifest':>9} {'macro-F1':>9} {'kNN %':>7} {'manifest':>9}")
     failed = []
@@ -218,6 +224,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"differs from the manifest by more than {args.tolerance}: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+# ---------------------------------------------------------------------------------------- geometry
+
+
+def add_geometry_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "geometry",
+        help="alignment and uniformity of shipped encoders' features, recorded in the manifest",
+        description=(
+            "Draw two seeded SimCLR views of every test image, compute the L2-normalised features of METHOD's "
+            "shipped encoder (or of every shipped method and baseline with 'all'), and store alignment (α=2) "
+            "and uniformity (t=2) of Wang and Isola (2020) under results.geometry in the manifest."
+        ),
+    )
+    parser.add_argument("method", metavar="METHOD", help=f"one of {', '.join(METHODS + BASELINES)}, or all")
+    add_device_argument(parser)
+    add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    add_limit_argument(parser, "use only the first N test images (smoke runs and tests)")
+    parser.set_defaults(handler=run_geometry)
+
+
+def run_geometry(args: argparse.Namespace) -> None:
+    names = shipped_names(args.method, args.weights)
+    device = resolve_device(args.device)
+    _, (test_images, _) = load_splits(args.limit)
+    print(f"{'method':<12} {'alignment':>10} {'uniformity':>11}")
+    for name in names:
+        measured = geometry(load_pretrained(name, device, args.weights), test_images, device=device)
+        record_results(name, "geometry", measured, args.weights)
+        print(f"{name:<12} {measured['alignment']:10.4f} {measured['uniformity']:11.4f}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------- finetune
@@ -253,11 +290,7 @@ def run_finetune(args: argparse.Namespace) -> None:
         raise ValueError(f"--fractions must be in (0, 1], got {args.fractions}")
     if args.method == "pixels":
         raise ValueError("'pixels' has no network to fine-tune; the from-scratch reference is 'random'")
-    if args.method == "all":
-        names = [n for n in METHODS + BASELINES if n != "pixels" and n in load_manifest(args.weights)["methods"]]
-    else:
-        manifest_entry(args.method, args.weights)
-        names = [args.method]
+    names = shipped_names(args.method, args.weights, exclude=("pixels",))
     device = resolve_device(args.device)
     train_data, test_data = load_splits(args.limit)
     config = FineTuneConfig(steps=args.steps)
@@ -366,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_pretrain_parser(subparsers)
     add_evaluate_parser(subparsers)
+    add_geometry_parser(subparsers)
     add_finetune_parser(subparsers)
     add_sweep_parser(subparsers)
     from .bench import add_bench_parser

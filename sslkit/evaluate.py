@@ -9,17 +9,22 @@ shipped with the encoder, so the test accuracy can be reproduced from test featu
 Label efficiency: ``fine_tune`` trains the encoder and a linear head end to end on a stratified,
 seeded 1% or 10% of the training labels (the same images for every method), and the same
 network from its random initialisation on the same labels is the from-scratch reference.
+
+Geometry: ``alignment`` and ``uniformity`` (Wang and Isola 2020) of L2-normalised features of
+seeded augmented pairs of test images, the two properties a contrastive loss optimises.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .augment import SIMCLR_AUGMENT, AugmentConfig, augment
 from .data import NUM_CLASSES, VALIDATION_SIZE, low_label_subset, to_float, validation_split
 from .weights import load_pretrained, load_probe
 
@@ -241,6 +246,74 @@ def evaluate_shipped(
         "linear_probe": accuracy(predictions, test_data[1]),
         "macro_f1": macro_f1(predictions, test_data[1]),
         "knn": accuracy(knn_predict(train_features, train_data[1], test_features), test_data[1]),
+    }
+
+
+# ----------------------------------------------------------------------------- geometry
+
+GEOMETRY_ALPHA = 2.0
+GEOMETRY_T = 2.0
+GEOMETRY_IMAGES = 10_000  # the whole test set
+GEOMETRY_SEED = 0
+
+
+def alignment(features1: torch.Tensor, features2: torch.Tensor, alpha: float = GEOMETRY_ALPHA) -> float:
+    """Alignment (Wang and Isola 2020, Eq. 4): E ‖f(x) - f(y)‖₂^α over positive pairs (x, y).
+
+    Rows i of ``features1`` and ``features2`` are the two views of image i; the features are
+    L2-normalised here. 0 when both views map to the same point; at most 2^α (opposite points).
+    Lower is better: the encoder ignores what the augmentations change.
+    """
+    if features1.ndim != 2 or features1.shape != features2.shape:
+        raise ValueError(f"alignment expects two [N, D] feature tensors of the same shape, got "
+                         f"{tuple(features1.shape)} and {tuple(features2.shape)}")
+    f1, f2 = F.normalize(features1.double(), dim=1), F.normalize(features2.double(), dim=1)
+    return (f1 - f2).norm(dim=1).pow(alpha).mean().item()
+
+
+def uniformity(features: torch.Tensor, t: float = GEOMETRY_T) -> float:
+    """Uniformity (Wang and Isola 2020, Eq. 5): log E exp(-t ‖f(x) - f(y)‖₂²) over pairs of images.
+
+    The mean runs over all N(N-1)/2 pairs of distinct rows, with features L2-normalised here.
+    0 when every image maps to the same point (collapse); lower (more negative) means the
+    features spread more evenly over the unit sphere, whose limit for large D is -t·2 = -4.
+    """
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"uniformity expects [N, D] features with N >= 2, got {tuple(features.shape)}")
+    f = F.normalize(features.double(), dim=1)
+    squared_distances = torch.pdist(f).pow(2)
+    return (torch.logsumexp(-t * squared_distances, dim=0) - math.log(len(squared_distances))).item()
+
+
+@torch.no_grad()
+def geometry(
+    encoder: torch.nn.Module,
+    images: torch.Tensor,
+    augment_config: AugmentConfig = SIMCLR_AUGMENT,
+    seed: int = GEOMETRY_SEED,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Alignment and uniformity of an encoder's features (DESIGN.md §5, α = 2, t = 2).
+
+    Two seeded views of each uint8 image ``[N, 28, 28]`` are drawn with SimCLR's augmentations
+    (the same views for every encoder); alignment compares the two views of each image, and
+    uniformity, the mean of both views' values, spreads over all pairs of images.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    encoder.eval().to(device)
+    views = ([], [])
+    for start in range(0, len(images), 1000):
+        batch = to_float(images[start : start + 1000].to(device))
+        for view in views:
+            view.append(encoder(augment(batch, augment_config, generator)).float().cpu())
+    f1, f2 = torch.cat(views[0]), torch.cat(views[1])
+    return {
+        "alignment": round(alignment(f1, f2), 6),
+        "uniformity": round((uniformity(f1) + uniformity(f2)) / 2, 6),
+        "alpha": GEOMETRY_ALPHA,
+        "t": GEOMETRY_T,
+        "images": len(images),
+        "seed": seed,
     }
 
 

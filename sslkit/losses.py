@@ -140,3 +140,86 @@ def elbo_loss(
     reconstruction = reconstruction_loss(logits, target)
     kl = gaussian_kl(mean, log_variance)
     return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
+
+
+def dcl_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.3) -> torch.Tensor:
+    """Decoupled contrastive loss (Yeh et al. 2022, Eq. 6): NT-Xent without the positive below the line.
+
+    For anchor i with positive partner p(i) among the 2N views,
+
+        ℓ_i = -sim(z_i, z_p(i)) / τ + log Σ_{k ∉ {i, p(i)}} exp(sim(z_i, z_k) / τ),
+
+    so the denominator holds only the 2N - 2 negatives. In NT-Xent the positive also sits in the
+    denominator, which scales every gradient by (1 - q_i), the probability the softmax gives to
+    the negatives: when the positive is easy (small batches, few hard negatives) the anchor
+    learns little. Removing it decouples the two terms. The loss is the mean of ℓ_i over all 2N
+    anchors, so it is symmetric in the two views; unlike NT-Xent it can be negative.
+
+    Args:
+        z1, z2: projections of the first and second views, ``[N, D]``; row i of each comes from
+            the same image.
+        temperature: τ > 0.
+
+    Returns:
+        Scalar float32 tensor.
+    """
+    _check_pair(z1, z2, "dcl_loss")
+    _check_temperature(temperature, "dcl_loss")
+    n = z1.shape[0]
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        logits = z @ z.T / temperature
+        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        positive = logits.gather(1, partner[:, None]).squeeze(1)
+        not_negative = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        not_negative[torch.arange(2 * n, device=z.device), partner] = True
+        negatives = logits.masked_fill(not_negative, float("-inf")).logsumexp(dim=1)
+        return (negatives - positive).mean()
+
+
+def vicreg_loss(
+    z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022, Eqs. 1-6).
+
+    With embeddings Z, Z' ``[N, D]`` of the two views (the expander's outputs):
+
+    - invariance s(Z, Z') = mean over N·D of (z - z')². The paper's Eq. 5 sums over the D
+      dimensions and averages over N; the authors' code, followed here, also averages over D,
+      which only rescales the coefficient.
+    - variance v(Z) = (1/D) Σ_j max(0, 1 - sqrt(Var(z_j) + ε)), ε = 1e-4 (Eq. 1), a hinge that
+      keeps every dimension's standard deviation across the batch at 1 or more; averaged over the
+      two branches. Collapsed embeddings (all rows equal) give 1 - sqrt(ε) = 0.99, its maximum.
+    - covariance c(Z) = (1/D) Σ_{i≠j} C(Z)_ij², C the D×D covariance over the batch (Eqs. 3-4),
+      pushing the dimensions to carry different information; summed over the two branches.
+
+    loss = sim_coeff · s + std_coeff · (v(Z) + v(Z')) / 2 + cov_coeff · (c(Z) + c(Z')) (Eq. 6).
+
+    Returns:
+        ``{"loss", "invariance", "variance", "covariance"}``, scalar float32 tensors (the terms
+        unweighted, as defined above).
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(f"vicreg_loss expects two embeddings of the same shape [N, D], got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    if z1.shape[0] < 2:
+        raise ValueError(f"vicreg_loss needs a batch of at least 2 to estimate variances, got N={z1.shape[0]}")
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z1, z2 = z1.float(), z2.float()
+        invariance = F.mse_loss(z1, z2)
+        variance = (_variance_hinge(z1) + _variance_hinge(z2)) / 2
+        covariance = _covariance_penalty(z1) + _covariance_penalty(z2)
+        loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+        return {"loss": loss, "invariance": invariance, "variance": variance, "covariance": covariance}
+
+
+def _variance_hinge(z: torch.Tensor, epsilon: float = 1e-4) -> torch.Tensor:
+    return F.relu(1 - torch.sqrt(z.var(dim=0) + epsilon)).mean()
+
+
+def _covariance_penalty(z: torch.Tensor) -> torch.Tensor:
+    n, d = z.shape
+    centred = z - z.mean(dim=0)
+    covariance = centred.T @ centred / (n - 1)
+    off_diagonal = covariance - torch.diag(torch.diagonal(covariance))
+    return off_diagonal.pow(2).sum() / d

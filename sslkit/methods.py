@@ -13,7 +13,7 @@ from torch import nn
 
 from .augment import FLIP_AUGMENT, SIMCLR_AUGMENT, SUPERVISED_AUGMENT, AugmentConfig, augment, random_rotations
 from .data import NUM_CLASSES
-from .losses import elbo_loss, nt_xent_loss, reconstruction_loss
+from .losses import dcl_loss, elbo_loss, nt_xent_loss, reconstruction_loss, vicreg_loss
 from .models import ConvDecoder, GaussianHead, ProjectionHead, build_encoder
 
 
@@ -203,6 +203,8 @@ class Rotation(Method):
 class SimCLR(Method):
     """SimCLR (Chen et al. 2020): two augmented views per image, projector, NT-Xent."""
 
+    contrastive_loss = staticmethod(nt_xent_loss)
+
     name = "simclr"
     recipe = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 5}
 
@@ -224,7 +226,7 @@ class SimCLR(Method):
         view2 = augment(images, self.augment_config, generator)
         # One forward pass for both views: BatchNorm sees all 2N views, like SimCLR's global BN.
         z1, z2 = self.projector(self.encoder(torch.cat([view1, view2]))).chunk(2)
-        return {"loss": nt_xent_loss(z1, z2, self.temperature)}
+        return {"loss": self.contrastive_loss(z1, z2, self.temperature)}
 
     def config(self):
         return {
@@ -232,6 +234,67 @@ class SimCLR(Method):
             "temperature": self.temperature,
             "projector_hidden_dim": self.projector.net[0].out_features,
             "projector_out_dim": self.projector.net[-1].out_features,
+            "augment": self.augment_config.to_dict(),
+        }
+
+
+class DCL(SimCLR):
+    """Decoupled contrastive learning (Yeh et al. 2022): SimCLR with the positive pair taken out of
+    the softmax's denominator (``losses.dcl_loss``). Encoder, projector, views and recipe are
+    SimCLR's, so the two differ only in the objective."""
+
+    name = "dcl"
+    contrastive_loss = staticmethod(dcl_loss)
+
+
+class VICReg(Method):
+    """VICReg (Bardes et al. 2022): two views, a wide expander, and no negatives at all.
+
+    Collapse (every image mapped to the same point) is prevented by the variance hinge, which keeps
+    each embedding dimension's standard deviation over the batch at 1 or more, and redundancy by
+    the covariance term, which decorrelates the dimensions. The views are SimCLR's, so the three
+    joint-embedding methods differ only in their objective. ``std_coeff=0`` (and ``cov_coeff=0``)
+    switch terms off for the collapse demonstration in notebook 06.
+    """
+
+    name = "vicreg"
+    # AdamW: plain SGD at SimCLR's learning rate diverges within a few steps (the paper uses LARS,
+    # which rescales each layer's update; notebook 06 shows the divergence).
+    recipe = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_epochs": 5}
+
+    def __init__(
+        self,
+        encoder_config: dict | None = None,
+        sim_coeff: float = 25.0,
+        std_coeff: float = 25.0,
+        cov_coeff: float = 1.0,
+        expander_dim: int = 1024,
+        augment_config: AugmentConfig = SIMCLR_AUGMENT,
+    ):
+        super().__init__(encoder_config)
+        if min(sim_coeff, std_coeff, cov_coeff) < 0:
+            raise ValueError(f"VICReg coefficients must be non-negative, got {sim_coeff}, {std_coeff}, {cov_coeff}")
+        self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
+        self.augment_config = augment_config
+        self.expander = ProjectionHead(self.encoder.feature_dim, expander_dim, expander_dim, hidden_layers=2)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Expander outputs ``[N, expander_dim]``: the embeddings the loss sees."""
+        return self.expander(self.encoder(images))
+
+    def training_step(self, images, labels=None, generator=None):
+        view1 = augment(images, self.augment_config, generator)
+        view2 = augment(images, self.augment_config, generator)
+        z1, z2 = self.embed(torch.cat([view1, view2])).chunk(2)
+        return vicreg_loss(z1, z2, self.sim_coeff, self.std_coeff, self.cov_coeff)
+
+    def config(self):
+        return {
+            **super().config(),
+            "sim_coeff": self.sim_coeff,
+            "std_coeff": self.std_coeff,
+            "cov_coeff": self.cov_coeff,
+            "expander_dim": self.expander.net[-1].out_features,
             "augment": self.augment_config.to_dict(),
         }
 
@@ -260,7 +323,7 @@ class Supervised(Method):
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Autoencoder, VAE, Rotation, SimCLR, Supervised)
+    cls.name: cls for cls in (Autoencoder, VAE, Rotation, SimCLR, DCL, VICReg, Supervised)
 }
 
 

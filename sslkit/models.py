@@ -75,16 +75,19 @@ class ResNetEncoder(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR's projector g(·): Linear → BatchNorm → ReLU → Linear (Chen et al. 2020, Sec. 2.1)."""
+    """An MLP head: (Linear → BatchNorm → ReLU) × ``hidden_layers`` → Linear.
 
-    def __init__(self, in_dim: int = 128, hidden_dim: int = 512, out_dim: int = 128):
+    With one hidden layer it is SimCLR's projector g(·) (Chen et al. 2020, Sec. 2.1); VICReg's
+    expander has two hidden layers as wide as its output (Bardes et al. 2022, Sec. 4.2).
+    """
+
+    def __init__(self, in_dim: int = 128, hidden_dim: int = 512, out_dim: int = 128, hidden_layers: int = 1):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        layers: list[nn.Module] = []
+        for layer in range(hidden_layers):
+            layers += [nn.Linear(in_dim if layer == 0 else hidden_dim, hidden_dim, bias=False),
+                       nn.BatchNorm1d(hidden_dim), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(hidden_dim, out_dim))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)

@@ -10,7 +10,7 @@ def sslkit(*args, env=None):
                           timeout=600)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "evaluate", "finetune", "sweep", "bench", "results"])
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "geometry", "finetune", "sweep", "bench", "results"])
 def test_every_command_explains_its_options(command):
     result = sslkit(command, "--help")
     assert result.returncode == 0
@@ -49,12 +49,23 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert entry["command"].startswith("python -m sslkit pretrain simclr --epochs 1")
     assert 0.0 < entry["results"]["linear_probe"]["test_accuracy"] <= 1.0
     assert len(entry["results"]["linear_probe"]["per_class_accuracy"]) == 10
+    assert 0 <= entry["results"]["geometry"]["alignment"] <= 4 and entry["results"]["geometry"]["uniformity"] <= 0
     assert (out / "simclr.pth").stat().st_size == entry["size_bytes"]
     assert (tmp_path / "run.ckpt").exists() and (tmp_path / "run.history.json").exists()
 
     evaluated = sslkit("evaluate", "simclr", "--weights", str(out), "--limit", "600", "--device", "cpu")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "simclr" in evaluated.stdout
+
+    # geometry re-measures what pretrain recorded, from the published weights and the same seeded views
+    recorded = entry["results"]["geometry"]
+    (out / "manifest.json").write_text(json.dumps(
+        {"methods": {"simclr": {**entry, "results": {k: v for k, v in entry["results"].items() if k != "geometry"}}}}))
+    measured = sslkit("geometry", "simclr", "--weights", str(out), "--limit", "600", "--device", "cpu")
+    assert measured.returncode == 0, measured.stderr
+    remeasured = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["geometry"]
+    assert remeasured["alignment"] == pytest.approx(recorded["alignment"], abs=1e-4)
+    assert remeasured["uniformity"] == pytest.approx(recorded["uniformity"], abs=1e-4)
 
     (out / "simclr.pth").write_bytes((out / "simclr.pth").read_bytes()[:-10])  # truncated download
     broken = sslkit("evaluate", "simclr", "--weights", str(out), "--limit", "600")

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -9,14 +11,17 @@ from sslkit.evaluate import (
     FineTuneConfig,
     LinearProbe,
     accuracy,
+    alignment,
     confusion_matrix,
     fine_tune,
     fine_tune_subset,
     fit_linear_probe,
+    geometry,
     knn_predict,
     macro_f1,
     per_class_accuracy,
     select_and_fit_linear_probe,
+    uniformity,
 )
 from sslkit.models import build_encoder
 
@@ -111,3 +116,48 @@ def test_fine_tune_learns_and_is_deterministic(train_data, test_data):
     # 400 labels / 64 = 6 steps an epoch, 10 epochs, evaluated every 3rd epoch and at the end.
     assert [point["step"] for point in first["curve"]] == [18, 36, 54, 60]
     assert first["curve"][-1]["loss"] < first["curve"][0]["loss"]
+
+
+# ----------------------------------------------------------------------------------- geometry
+
+
+def test_alignment_hand_checked_values():
+    east, north = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert alignment(east, 5 * east) == 0.0  # same direction: features are L2-normalised first
+    assert alignment(east, north) == pytest.approx(2.0)  # ‖e₁ - e₂‖² = 2
+    assert alignment(east, -east) == pytest.approx(4.0)  # opposite points, the maximum 2^α
+    assert alignment(east, north, alpha=1) == pytest.approx(math.sqrt(2))
+    # The mean over pairs: one aligned pair and one orthogonal pair.
+    assert alignment(torch.cat([east, east]), torch.cat([east, north])) == pytest.approx(1.0)
+
+
+def test_uniformity_hand_checked_values():
+    # Two opposite points: one pair at squared distance 4, so log e^{-2·4} = -8.
+    assert uniformity(torch.tensor([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-8.0)
+    # Three points at 120° on the circle: every pair at squared distance 3, so -6.
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    triangle = torch.stack([angles.cos(), angles.sin()], dim=1)
+    assert uniformity(triangle) == pytest.approx(-6.0, rel=1e-6)
+    assert uniformity(triangle, t=1) == pytest.approx(-3.0, rel=1e-6)
+    # Collapse: every feature the same direction, so 0, the worst value.
+    assert uniformity(torch.ones(5, 3) * torch.arange(1, 6)[:, None]) == pytest.approx(0.0, abs=1e-12)
+    # Two pairs at distances² 2 and 4 (e₁, e₂, -e₁): mean over the 3 pairs of e^{-2 d²}.
+    points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    expected = math.log((2 * math.exp(-4.0) + math.exp(-8.0)) / 3)
+    assert uniformity(points) == pytest.approx(expected, rel=1e-9)
+
+
+def test_geometry_is_seeded_and_sees_collapse(test_data):
+    images = test_data[0][:200]
+    encoder = build_encoder()
+    first, second = geometry(encoder, images, seed=1), geometry(encoder, images, seed=1)
+    assert first == second
+    assert geometry(encoder, images, seed=2) != first
+    assert 0 < first["alignment"] < 4 and first["uniformity"] < 0
+
+    class Collapsed(torch.nn.Module):
+        def forward(self, x):
+            return torch.ones(len(x), 8)
+
+    collapsed = geometry(Collapsed(), images)
+    assert collapsed["alignment"] == 0.0 and collapsed["uniformity"] == pytest.approx(0.0, abs=1e-12)

@@ -21,6 +21,27 @@ def test_projector_shape():
     assert ProjectionHead(128, 64, 32)(torch.randn(4, 128)).shape == (4, 32)
 
 
+def test_vicreg_expander_is_wide_with_two_hidden_layers():
+    method = build_method("vicreg")
+    linear_layers = [m for m in method.expander.net if isinstance(m, torch.nn.Linear)]
+    assert [layer.out_features for layer in linear_layers] == [1024, 1024, 1024]
+    assert method.embed(torch.rand(4, 1, 28, 28)).shape == (4, 1024)
+    with pytest.raises(ValueError, match="non-negative"):
+        build_method("vicreg", std_coeff=-1.0)
+
+
+def test_dcl_differs_from_simclr_only_in_its_loss():
+    torch.manual_seed(0)
+    simclr = build_method("simclr")
+    torch.manual_seed(0)
+    dcl = build_method("dcl")
+    assert dcl.config() == simclr.config()
+    images = torch.rand(8, 1, 28, 28)
+    simclr_out = simclr.training_step(images, None, torch.Generator().manual_seed(0))["loss"]
+    dcl_out = dcl.training_step(images, None, torch.Generator().manual_seed(0))["loss"]
+    assert dcl_out < simclr_out  # the same views and projections; DCL drops e^{pos/τ} from the denominator
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match="simclr"):
         build_method("simclrr")
