@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .data import DataNotFoundError, load_fashion_mnist
+from .data import VALIDATION_SIZE, DataNotFoundError, load_fashion_mnist
 from .evaluate import (
     FINE_TUNE_FRACTIONS,
     FINE_TUNE_SEEDS,
@@ -342,7 +342,14 @@ def add_sweep_parser(subparsers) -> None:
     parser.add_argument("param", metavar="PARAM", help="the setting to vary")
     parser.add_argument("values", type=number, nargs="+", metavar="VALUE", help="its values")
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds: one run per value and seed (default: 0)")
+    parser.add_argument("--lr-scaling", choices=("none", "linear", "sqrt"), default="none",
+                        help="with PARAM batch_size: scale the recipe's learning rate by B/256 (linear, Goyal et al. "
+                             "2017) or sqrt(B/256) (default: none, the same learning rate for every batch size)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also record collapse diagnostics of each run's embeddings (per-dimension std, "
+                             "covariance block, singular values) on 2,048 validation images")
     add_device_argument(parser)
     add_weights_argument(parser, "folder with manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
@@ -354,7 +361,8 @@ def add_sweep_parser(subparsers) -> None:
 def run_sweep(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
-    from .evaluate import select_and_fit_linear_probe
+    from .data import validation_split
+    from .evaluate import embedding_diagnostics, select_and_fit_linear_probe
 
     cls = METHOD_CLASSES[args.method]
     train_fields = {f.name for f in fields(TrainConfig)} - {"epochs", "steps_per_epoch", "amp", "seed"}
@@ -362,26 +370,43 @@ def run_sweep(args: argparse.Namespace) -> None:
     if args.param not in train_fields | method_params:
         raise ValueError(f"{args.method} has no setting {args.param!r}; choose one of "
                          f"{', '.join(sorted(method_params | train_fields))}")
+    if args.lr_scaling != "none" and args.param != "batch_size":
+        raise ValueError(f"--lr-scaling {args.lr_scaling} applies only when sweeping batch_size, not {args.param}")
+    if args.diagnostics and not hasattr(cls, "embed"):
+        raise ValueError(f"--diagnostics needs a joint-embedding method (simclr, dcl, vicreg), not {args.method}")
     manifest_entry(args.method, args.weights)  # results are recorded beside the shipped weights
     device = resolve_device(args.device)
     (images, labels), _ = load_splits(args.limit)
     runs = []
     for value in args.values:
-        torch.manual_seed(args.seed)
-        method = build_method(args.method, **({args.param: value} if args.param in method_params else {}))
-        recipe = {**cls.recipe, **({args.param: value} if args.param in train_fields else {})}
-        config = TrainConfig(epochs=args.epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch, **recipe)
-        started = time.perf_counter()
-        history = train(method, images, labels, config, device, progress=False)
-        _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
-        last = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
-        runs.append({"value": value, **last, "validation_accuracy": round(max(validation.values()), 6)})
-        print(f"{args.method} {args.param}={value}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
-              + f", validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}% "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            method = build_method(args.method, **({args.param: value} if args.param in method_params else {}))
+            recipe = {**cls.recipe, **({args.param: value} if args.param in train_fields else {})}
+            if args.lr_scaling != "none":
+                ratio = value / TrainConfig.batch_size
+                recipe["lr"] = cls.recipe["lr"] * (ratio if args.lr_scaling == "linear" else ratio ** 0.5)
+            config = TrainConfig(epochs=args.epochs, seed=seed, steps_per_epoch=args.steps_per_epoch, **recipe)
+            started = time.perf_counter()
+            history = train(method.to(device), images, labels, config, device, progress=False)
+            features = extract_features(method.encoder, images, device=device)
+            _, validation = select_and_fit_linear_probe(features, labels)
+            last = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
+            run = {"value": value, "seed": seed, "lr": config.lr, **last,
+                   "validation_accuracy": round(max(validation.values()), 6),
+                   "seconds": round(time.perf_counter() - started, 1)}
+            if args.diagnostics:
+                _, validation_indices = validation_split(labels, min(VALIDATION_SIZE, len(labels) // 10))
+                run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
+            runs.append(run)
+            print(f"{args.method} {args.param}={value} seed {seed} (lr {config.lr:.4g}): "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+                  + f", validation probe accuracy {100 * run['validation_accuracy']:.2f}% ({run['seconds']:.0f} s)",
+                  flush=True)
     command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
-    sweeps[args.param] = {"epochs": args.epochs, "command": command, "device": describe_device(device), "runs": runs}
+    sweeps[args.param] = {"epochs": args.epochs, "command": command, "device": describe_device(device),
+                          "lr_scaling": args.lr_scaling, "runs": runs}
     if args.limit or args.steps_per_epoch:
         sweeps[args.param]["smoke"] = {"limit": args.limit, "steps_per_epoch": args.steps_per_epoch}
     record_results(args.method, "sweeps", sweeps, args.weights)

@@ -317,6 +317,61 @@ def geometry(
     }
 
 
+def singular_values(features: torch.Tensor) -> torch.Tensor:
+    """Singular values of the centred features ``[N, D]``, largest first (float64).
+
+    Their decay is the spectrum of the representation: a few large values and the rest near zero
+    mean the features use only a few directions (dimensional collapse, Jing et al. 2022).
+    """
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"singular_values expects [N, D] features with N >= 2, got {tuple(features.shape)}")
+    centred = features.double() - features.double().mean(dim=0)
+    return torch.linalg.svdvals(centred)
+
+
+def effective_rank(values: torch.Tensor) -> float:
+    """exp of the entropy of the normalised singular values (Roy and Vetterli 2007).
+
+    D for D equal singular values, 1 when a single direction carries everything, 0 for collapse
+    to a point (all singular values 0).
+    """
+    total = values.sum()
+    if total <= 0:
+        return 0.0
+    p = values / total
+    return math.exp(-(torch.special.xlogy(p, p)).sum().item())
+
+
+@torch.no_grad()
+def embedding_diagnostics(method: torch.nn.Module, images: torch.Tensor, block: int = 32) -> dict:
+    """Collapse diagnostics of a joint-embedding method on uint8 images (no augmentation).
+
+    For the embeddings the loss sees (``method.embed``) and for the encoder features: the
+    standard deviation of every embedding dimension, the top-left ``block`` × ``block`` of the
+    embeddings' covariance matrix, both singular-value spectra, and their effective ranks.
+    """
+    method.eval()
+    device = next(method.parameters()).device
+    batch = to_float(images.to(device))
+    features = method.encoder(batch).float().cpu()
+    embeddings = method.embed(batch).float().cpu()
+    covariance = torch.cov(embeddings.T)
+
+    def rounded(values):
+        return [float(f"{v:.4g}") for v in values.tolist()]
+
+    embedding_spectrum, feature_spectrum = singular_values(embeddings), singular_values(features)
+    return {
+        "images": len(images),
+        "embedding_std": rounded(embeddings.std(dim=0)),
+        "embedding_covariance_block": [rounded(row) for row in covariance[:block, :block]],
+        "embedding_singular_values": rounded(embedding_spectrum),
+        "embedding_effective_rank": round(effective_rank(embedding_spectrum), 3),
+        "feature_singular_values": rounded(feature_spectrum),
+        "feature_effective_rank": round(effective_rank(feature_spectrum), 3),
+    }
+
+
 # ----------------------------------------------------------------------------- label efficiency
 
 

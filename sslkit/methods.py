@@ -221,11 +221,15 @@ class SimCLR(Method):
         self.augment_config = augment_config
         self.projector = ProjectionHead(self.encoder.feature_dim, projector_hidden_dim, projector_out_dim)
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Projector outputs ``[N, projector_out_dim]``: the embeddings the loss sees."""
+        return self.projector(self.encoder(images))
+
     def training_step(self, images, labels=None, generator=None):
         view1 = augment(images, self.augment_config, generator)
         view2 = augment(images, self.augment_config, generator)
         # One forward pass for both views: BatchNorm sees all 2N views, like SimCLR's global BN.
-        z1, z2 = self.projector(self.encoder(torch.cat([view1, view2]))).chunk(2)
+        z1, z2 = self.embed(torch.cat([view1, view2])).chunk(2)
         return {"loss": self.contrastive_loss(z1, z2, self.temperature)}
 
     def config(self):

@@ -33,13 +33,20 @@ def fine_tuned(results: dict, fraction: str) -> str:
     return f"{100 * runs['mean']:.2f} ± {100 * runs['std']:.2f}"
 
 
+def geometry_cell(results: dict) -> str:
+    """``alignment / uniformity`` of the encoder features, or a dash where they were not measured."""
+    geometry = results.get("geometry")
+    return "–" if geometry is None else f"{geometry['alignment']:.3f} / {geometry['uniformity']:.2f}"
+
+
 def results_table(manifest: dict) -> str:
     """A Markdown table: one row per shipped method, then the baselines, from manifest results."""
     entries = manifest.get("methods", {})
     header = (
         "| Method | Linear probe (test %) | Macro-F1 | kNN (test %) | Fine-tuned, 1% labels (test %) "
-        "| Fine-tuned, 10% labels (test %) | Feature dim | Encoder params | Epochs | Pretraining time | Trained on |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| Fine-tuned, 10% labels (test %) | Alignment / uniformity "
+        "| Feature dim | Encoder params | Epochs | Pretraining time | Trained on |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     rows = []
     for name in METHODS + BASELINES:
@@ -51,7 +58,7 @@ def results_table(manifest: dict) -> str:
         rows.append(
             f"| {DISPLAY_NAMES[name]} | {100 * results['linear_probe']['test_accuracy']:.2f} "
             f"| {results['linear_probe']['macro_f1']:.4f} | {100 * results['knn']['test_accuracy']:.2f} "
-            f"| {fine_tuned(results, '0.01')} | {fine_tuned(results, '0.1')} "
+            f"| {fine_tuned(results, '0.01')} | {fine_tuned(results, '0.1')} | {geometry_cell(results)} "
             f"| {results['feature_dim']} | {results['encoder_parameters']:,} | {entry['epochs']} "
             f"| {minutes} | {entry.get('device', '–')} |"
         )

@@ -29,6 +29,8 @@ def test_every_command_explains_its_options(command):
         (["finetune", "pixels"], "'pixels' has no network to fine-tune"),
         (["finetune", "simclr", "--fractions", "2"], "--fractions must be in (0, 1]"),
         (["sweep", "vae", "gamma", "1"], "vae has no setting 'gamma'; choose one of batch_size, beta"),
+        (["sweep", "simclr", "temperature", "0.5", "--lr-scaling", "linear"], "applies only when sweeping batch_size"),
+        (["sweep", "vae", "beta", "1", "--diagnostics"], "--diagnostics needs a joint-embedding method"),
     ],
 )
 def test_invalid_values_get_a_clear_error(args, message):
@@ -66,6 +68,20 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     remeasured = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["geometry"]
     assert remeasured["alignment"] == pytest.approx(recorded["alignment"], abs=1e-4)
     assert remeasured["uniformity"] == pytest.approx(recorded["uniformity"], abs=1e-4)
+
+    # The batch-size experiment of notebook 05: learning rate scaled linearly, two seeds, diagnostics.
+    swept = sslkit("sweep", "simclr", "batch_size", "32", "64", "--seeds", "0", "1", "--lr-scaling", "linear",
+                   "--epochs", "1", "--steps-per-epoch", "1", "--limit", "600", "--weights", str(out), "--diagnostics")
+    assert swept.returncode == 0, swept.stderr
+    sweep = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["sweeps"]["batch_size"]
+    assert [(run["value"], run["seed"]) for run in sweep["runs"]] == [(32, 0), (32, 1), (64, 0), (64, 1)]
+    assert [run["lr"] for run in sweep["runs"]] == pytest.approx([0.0125, 0.0125, 0.025, 0.025])
+    assert sweep["lr_scaling"] == "linear" and sweep["runs"][0]["validation_accuracy"] > 0
+    diagnostics = sweep["runs"][0]["diagnostics"]
+    # 60 validation images (a tenth of 600) of 128-d features and embeddings: 60 singular values each.
+    assert len(diagnostics["embedding_std"]) == 128 and diagnostics["images"] == 60
+    assert len(diagnostics["feature_singular_values"]) == len(diagnostics["embedding_singular_values"]) == 60
+    assert len(diagnostics["embedding_covariance_block"]) == 32 and 1 <= diagnostics["feature_effective_rank"] <= 128
 
     (out / "simclr.pth").write_bytes((out / "simclr.pth").read_bytes()[:-10])  # truncated download
     broken = sslkit("evaluate", "simclr", "--weights", str(out), "--limit", "600")

@@ -13,6 +13,8 @@ from sslkit.evaluate import (
     accuracy,
     alignment,
     confusion_matrix,
+    effective_rank,
+    embedding_diagnostics,
     fine_tune,
     fine_tune_subset,
     fit_linear_probe,
@@ -21,6 +23,7 @@ from sslkit.evaluate import (
     macro_f1,
     per_class_accuracy,
     select_and_fit_linear_probe,
+    singular_values,
     uniformity,
 )
 from sslkit.models import build_encoder
@@ -161,3 +164,32 @@ def test_geometry_is_seeded_and_sees_collapse(test_data):
 
     collapsed = geometry(Collapsed(), images)
     assert collapsed["alignment"] == 0.0 and collapsed["uniformity"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_singular_values_and_effective_rank_hand_checked():
+    # Centred features along two orthogonal axes with spreads 3 and 4: singular values 4√2, 3√2.
+    features = torch.tensor([[3.0, 0.0, 0.0], [-3.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, -4.0, 0.0]]) + 5.0
+    values = singular_values(features)
+    assert values[:2].tolist() == pytest.approx([4 * math.sqrt(2), 3 * math.sqrt(2)])
+    assert values[2].item() == pytest.approx(0.0, abs=1e-9)
+    p = torch.tensor([4 / 7, 3 / 7])
+    assert effective_rank(values) == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-6)
+    assert effective_rank(torch.ones(8)) == pytest.approx(8.0)
+    assert effective_rank(torch.tensor([2.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert effective_rank(torch.zeros(4)) == 0.0
+
+
+def test_embedding_diagnostics_see_a_collapsed_projector(test_data):
+    from sslkit.methods import build_method
+
+    torch.manual_seed(0)
+    method = build_method("vicreg")
+    images = test_data[0][:256]
+    healthy = embedding_diagnostics(method, images)
+    with torch.no_grad():  # a projector whose last layer outputs a constant: complete collapse
+        method.expander.net[-1].weight.zero_()
+    collapsed = embedding_diagnostics(method, images)
+    assert len(healthy["embedding_std"]) == 1024 and len(healthy["embedding_covariance_block"][0]) == 32
+    assert max(collapsed["embedding_std"]) == 0.0 and collapsed["embedding_effective_rank"] == 0.0
+    assert healthy["embedding_effective_rank"] > 10 and min(healthy["embedding_std"]) > 0
+    assert healthy["feature_singular_values"] == collapsed["feature_singular_values"]  # the encoder is untouched
