@@ -347,6 +347,9 @@ def add_sweep_parser(subparsers) -> None:
     parser.add_argument("--lr-scaling", choices=("none", "linear", "sqrt"), default="none",
                         help="with PARAM batch_size: scale the recipe's learning rate by B/256 (linear, Goyal et al. "
                              "2017) or sqrt(B/256) (default: none, the same learning rate for every batch size)")
+    parser.add_argument("--warmup-epochs", type=int, default=None,
+                        help="linear warm-up of each run (default: the method's recipe; with a few epochs, 1 keeps "
+                             "most of each run on the cosine decay, as in the full schedule)")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also record collapse diagnostics of each run's embeddings (per-dimension std, "
                              "covariance block, singular values) on 2,048 validation images")
@@ -377,12 +380,29 @@ def run_sweep(args: argparse.Namespace) -> None:
     manifest_entry(args.method, args.weights)  # results are recorded beside the shipped weights
     device = resolve_device(args.device)
     (images, labels), _ = load_splits(args.limit)
+    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    warmup_epochs = cls.recipe["warmup_epochs"] if args.warmup_epochs is None else args.warmup_epochs
+    settings = {"epochs": args.epochs, "warmup_epochs": warmup_epochs, "lr_scaling": args.lr_scaling}
+    if args.limit or args.steps_per_epoch:
+        settings["smoke"] = {"limit": args.limit, "steps_per_epoch": args.steps_per_epoch}
+    # Each run is recorded as soon as it ends, so an interrupted sweep resumes with the runs it lacks.
+    previous = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {}).get(args.param, {})
+    done = {}
+    if all(previous.get(key) == value for key, value in settings.items()):
+        done = {(run["value"], run.get("seed", 0)): run for run in previous.get("runs", [])
+                if "diagnostics" in run or not args.diagnostics}
     runs = []
     for value in args.values:
         for seed in args.seeds:
+            if (value, seed) in done:
+                runs.append(done[(value, seed)])
+                print(f"{args.method} {args.param}={value} seed {seed}: recorded by an earlier, interrupted sweep "
+                      f"(validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}%)", flush=True)
+                continue
             torch.manual_seed(seed)
             method = build_method(args.method, **({args.param: value} if args.param in method_params else {}))
-            recipe = {**cls.recipe, **({args.param: value} if args.param in train_fields else {})}
+            recipe = {**cls.recipe, "warmup_epochs": warmup_epochs,
+                      **({args.param: value} if args.param in train_fields else {})}
             if args.lr_scaling != "none":
                 ratio = value / TrainConfig.batch_size
                 recipe["lr"] = cls.recipe["lr"] * (ratio if args.lr_scaling == "linear" else ratio ** 0.5)
@@ -403,12 +423,12 @@ def run_sweep(args: argparse.Namespace) -> None:
                   + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
                   + f", validation probe accuracy {100 * run['validation_accuracy']:.2f}% ({run['seconds']:.0f} s)",
                   flush=True)
-    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
+            sweeps[args.param] = {**settings, "command": command, "device": describe_device(device),
+                                  "runs": runs + [r for r in done.values() if r not in runs]}
+            record_results(args.method, "sweeps", sweeps, args.weights)
     sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
-    sweeps[args.param] = {"epochs": args.epochs, "command": command, "device": describe_device(device),
-                          "lr_scaling": args.lr_scaling, "runs": runs}
-    if args.limit or args.steps_per_epoch:
-        sweeps[args.param]["smoke"] = {"limit": args.limit, "steps_per_epoch": args.steps_per_epoch}
+    sweeps[args.param] = {**settings, "command": command, "device": describe_device(device), "runs": runs}
     record_results(args.method, "sweeps", sweeps, args.weights)
 
 

@@ -83,6 +83,14 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert len(diagnostics["feature_singular_values"]) == len(diagnostics["embedding_singular_values"]) == 60
     assert len(diagnostics["embedding_covariance_block"]) == 32 and 1 <= diagnostics["feature_effective_rank"] <= 128
 
+    # An interrupted sweep resumes: runs already recorded with the same settings are not trained again.
+    again = sslkit("sweep", "simclr", "batch_size", "32", "64", "--seeds", "0", "1", "--lr-scaling", "linear",
+                   "--epochs", "1", "--steps-per-epoch", "1", "--limit", "600", "--weights", str(out), "--diagnostics")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("recorded by an earlier, interrupted sweep") == 4
+    assert json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["sweeps"]["batch_size"][
+        "runs"] == sweep["runs"]
+
     (out / "simclr.pth").write_bytes((out / "simclr.pth").read_bytes()[:-10])  # truncated download
     broken = sslkit("evaluate", "simclr", "--weights", str(out), "--limit", "600")
     assert broken.returncode == 2 and "corrupt, truncated or tampered" in broken.stderr
