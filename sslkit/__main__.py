@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .data import VALIDATION_SIZE, DataNotFoundError, load_fashion_mnist
 from .evaluate import (
     FINE_TUNE_FRACTIONS,
@@ -111,11 +111,29 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
                         help="stop each epoch after N steps (smoke runs and tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the training step through torch.compile (CUDA; pays off on long runs)")
     parser.set_defaults(handler=run_pretrain)
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    if distributed.launched_by_torchrun():
+        device = distributed.initialize(device.type)
+    try:
+        pretrain(args, device)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def processes_note() -> str:
+    """`` × K processes`` under torchrun, else nothing: appended to the device of a training run."""
+    return f" × {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+
+
+def pretrain(args: argparse.Namespace, device: torch.device) -> None:
+    """Train (in every process under torchrun), then evaluate and publish (in the main process)."""
     (train_images, train_labels), (test_images, test_labels) = load_splits(args.limit)
     command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     entry = {"command": command, "torch_version": torch.__version__, "sslkit_version": __version__}
@@ -141,7 +159,10 @@ def run_pretrain(args: argparse.Namespace) -> None:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, amp=not args.no_amp,
                              steps_per_epoch=args.steps_per_epoch, **recipe)
         checkpoint = args.checkpoint or Path("checkpoints") / f"{args.method}.ckpt"
-        history = train(method, train_images, train_labels, config, device, checkpoint, progress=not args.no_progress)
+        history = train(method, train_images, train_labels, config, device, checkpoint, progress=not args.no_progress,
+                        compile_model=args.compile)
+        if not distributed.is_main_process():
+            return
         encoder = method.encoder
         state = method.state_dict()
         entry.update(
@@ -150,7 +171,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
             train=config.to_dict(),
             epochs=config.epochs,
             batch_size=config.batch_size,
-            device=describe_device(device),
+            device=describe_device(device) + processes_note(),
             wall_time_seconds=round(sum(record["seconds"] for record in history), 1),
             seconds_per_epoch=round(sum(record["seconds"] for record in history) / len(history), 2),
         )

@@ -5,6 +5,10 @@ hands it to ``method.training_step``. Around that: SGD with momentum or AdamW, a
 schedule with linear warm-up, mixed precision on CUDA, a tqdm progress bar, a per-epoch history,
 atomic checkpoints with every RNG state (so a resumed CPU run ends bitwise where an uninterrupted
 one would), and a hard stop on a non-finite loss.
+
+Under torchrun the same loop runs in every process (``distributed.py``): the method is wrapped in
+DistributedDataParallel, each process takes its share of every global batch, and only rank 0 shows
+progress and writes the checkpoint and the history.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import to_float
 from .methods import Method
 
@@ -164,6 +169,7 @@ def train(
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
     on_epoch_end=None,
+    compile_model: bool = False,
 ) -> list[dict]:
     """Train ``method`` on ``images`` (uint8 ``[N, 28, 28]``), resuming from ``checkpoint_path``.
 
@@ -179,6 +185,11 @@ def train(
         on_epoch_end: optional ``f(method, epoch) -> dict`` called after each epoch (``epoch`` counts
             from 1); what it returns is added to the epoch's history record (e.g. a validation
             accuracy). The method is in eval mode during the call.
+        compile_model: run the training step through ``torch.compile`` (CUDA; the first steps
+            are slower while it compiles).
+
+    Across processes (torchrun), ``config.batch_size`` is the global batch: each of the K
+    processes takes ``batch_size / K`` images of it, and losses that span the batch see all of it.
 
     Returns:
         The history: one dict per epoch with its mean loss (and the method's extra metrics),
@@ -192,6 +203,12 @@ def train(
         raise ValueError(f"{method.name} trains on labels, but none were given")
     if len(images) < config.batch_size:
         raise ValueError(f"{len(images)} images are fewer than one batch of {config.batch_size}")
+    processes, rank = distributed.world_size(), distributed.rank()
+    if config.batch_size % processes:
+        raise ValueError(f"the batch of {config.batch_size} does not split evenly over {processes} processes; "
+                         f"choose a batch size divisible by {processes}")
+    local_batch = config.batch_size // processes
+    progress = progress and distributed.is_main_process()
     steps_per_epoch = len(images) // config.batch_size
     if config.steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
@@ -202,6 +219,17 @@ def train(
     labels = labels.to(device) if (labels is not None and method.uses_labels) else None
     # Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution kernels.
     method.to(device, memory_format=torch.channels_last)
+    model = method  # what the step runs through: the method, or its DDP / compiled wrapper
+    if processes > 1:
+        if device.type == "cuda":  # BatchNorm statistics over the global batch (NCCL only)
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        device_ids = [device] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=device_ids)
+    if compile_model:
+        model = torch.compile(model)
+    # A loss computed on the gathered global batch already has the single-process gradient; DDP's
+    # averaging over processes would divide it by K, so it is multiplied back.
+    loss_scale = processes if method.loss_spans_global_batch else 1
     optimizer = build_optimizer(method, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_with_warmup(step, warmup_steps, total_steps)
@@ -210,24 +238,28 @@ def train(
     use_amp = amp_dtype is not None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     data_generator = torch.Generator().manual_seed(config.seed)
-    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1 + rank)  # other views per process
 
     history: list[dict] = []
     start_epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        expected = {"method": method.name, "method_config": method.config(), "train_config": config.to_dict()}
+        expected = {"method": method.name, "method_config": method.config(), "train_config": config.to_dict(),
+                    "processes": processes}
         for key, value in expected.items():
-            if state[key] != value:
+            recorded = state.get(key, 1 if key == "processes" else None)
+            if recorded != value:
                 raise ValueError(
                     f"checkpoint {checkpoint_path} was written for a different run ({key} differs: "
-                    f"{state[key]} vs {value}); delete it or pass another --checkpoint path"
+                    f"{recorded} vs {value}); delete it or pass another --checkpoint path"
                 )
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         _restore_rng_states(state["rng"], data_generator, augment_generator)
+        if processes > 1:
+            augment_generator.set_state(state["augment_rng_per_process"][rank])
         history = list(state["history"])
         start_epoch = state["epoch"]
 
@@ -241,10 +273,11 @@ def train(
             disable=not progress, leave=False,
         )
         for step in bar:
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            start = step * config.batch_size + rank * local_batch  # this process's share of the global batch
+            index = order[start : start + local_batch]
             batch = to_float(images[index]).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                outputs = method.training_step(batch, labels[index] if labels is not None else None, augment_generator)
+                outputs = model(batch, labels[index] if labels is not None else None, augment_generator)
             loss = outputs["loss"]
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -253,7 +286,7 @@ def train(
                     f"learning rate (now {scheduler.get_last_lr()[0]:.3g}) or check the inputs."
                 )
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * loss_scale if loss_scale != 1 else loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -262,7 +295,9 @@ def train(
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         record = {"epoch": epoch + 1}
-        record.update({key: round(float(total) / steps_per_epoch, 6) for key, total in sums.items()})
+        means = {key: float(total) / steps_per_epoch for key, total in sums.items()}
+        means = distributed.average_across_processes(means)
+        record.update({key: round(value, 6) for key, value in means.items()})
         record["lr"] = scheduler.get_last_lr()[0]
         record["seconds"] = round(time.perf_counter() - started, 3)
         if on_epoch_end is not None:
@@ -273,7 +308,11 @@ def train(
         if progress:
             tqdm.write(f"{method.name} epoch {epoch + 1}/{config.epochs}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-        if checkpoint_path is not None:
+        augment_states = None
+        if processes > 1:  # every process's view generator, so that each resumes its own views
+            augment_states = [None] * processes
+            torch.distributed.all_gather_object(augment_states, augment_generator.get_state())
+        if checkpoint_path is not None and distributed.is_main_process():
             atomic_save(
                 {
                     "method": method.name,
@@ -286,6 +325,7 @@ def train(
                     "scaler": scaler.state_dict(),
                     "rng": _rng_states(data_generator, augment_generator),
                     "history": history,
+                    **({"processes": processes, "augment_rng_per_process": augment_states} if processes > 1 else {}),
                 },
                 checkpoint_path,
             )
