@@ -9,14 +9,16 @@ Three ways to make SimCLR views of the same images with the same augmentation se
 
 All three run in one process, one after the other, on the same images, and the ratios are
 printed, so the comparison never mixes machines or runs. Then the training throughput (images/s,
-peak memory on CUDA) of each trainable method with its shipped recipe.
+peak memory) of each trainable method with its shipped recipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -113,8 +115,43 @@ def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: i
     return results
 
 
-def bench_training(images, labels, device: torch.device, batch_size: int, steps: int, methods) -> dict:
-    """Training images/s (one image = all its views) and peak CUDA memory of each method.
+def resident_memory_mib() -> float:
+    """This process's resident set size (Linux), in MiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakResidentMemory:
+    """Samples the resident set size every 5 ms in a thread; ``peak_mib`` is the rise above the start.
+
+    CPU memory has no allocator statistics like ``torch.cuda.max_memory_allocated``; the highest
+    sampled RSS during the run, minus the RSS before it, is the memory the run itself needed.
+    """
+
+    def __enter__(self):
+        self.start = self.peak = resident_memory_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, resident_memory_mib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_memory_mib())
+        self.peak_mib = self.peak - self.start
+
+
+def bench_training(images, labels, device: torch.device, batch_size: int, steps: int, methods,
+                   compile_model: bool = False) -> dict:
+    """Training images/s (one image = all its views) and peak memory of each method.
+
+    Peak memory is CUDA's allocator peak on a GPU, and the rise of the process's resident memory
+    on a CPU (``PeakResidentMemory``).
 
     Times the real loop of ``train.train`` (two epochs of ``steps`` steps; the first is warm-up),
     so the figure includes everything a training run pays for, the per-step loss check included.
@@ -127,8 +164,10 @@ def bench_training(images, labels, device: torch.device, batch_size: int, steps:
         config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, **METHOD_CLASSES[name].recipe)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = train(method, images, labels, config, device, progress=False)[1]["seconds"] / steps
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        with PeakResidentMemory() as resident:
+            history = train(method, images, labels, config, device, progress=False, compile_model=compile_model)
+        seconds = history[1]["seconds"] / steps
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else resident.peak_mib
         results[name] = {"images_per_second": batch_size / seconds,
                          "seconds_per_epoch": (len(images) // batch_size) * seconds, "peak_memory_mib": peak}
     return results
@@ -151,6 +190,8 @@ def add_bench_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per method (default 10)")
     parser.add_argument("--methods", nargs="+", default=sorted(METHOD_CLASSES), choices=sorted(METHOD_CLASSES),
                         help="methods whose training step is timed (default: all trainable)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time the training step through torch.compile (the first, untimed epoch compiles)")
     parser.set_defaults(handler=run_bench)
 
 
@@ -168,9 +209,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if "kornia.augmentation (batched)" in augmentation:
         ratio = augmentation["sslkit (batched, hand-written)"] / augmentation["kornia.augmentation (batched)"]
         print(f"  sslkit / kornia: {ratio:.1f}x")
-    print(f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method:")
-    for name, result in bench_training(images, labels, device, args.batch_size, args.steps, args.methods).items():
-        memory = f", peak {result['peak_memory_mib']:.0f} MiB" if result["peak_memory_mib"] is not None else ""
+    print(f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method"
+          + (", torch.compile" if args.compile else "") + ":")
+    training = bench_training(images, labels, device, args.batch_size, args.steps, args.methods, args.compile)
+    memory_kind = "peak CUDA memory" if device.type == "cuda" else "peak rise of resident memory"
+    for name, result in training.items():
+        memory = f", {memory_kind} {result['peak_memory_mib']:.0f} MiB"
         print(f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
               f"(~{result['seconds_per_epoch']:.0f} s per epoch of 60,000 images){memory}")
     return 0

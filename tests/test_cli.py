@@ -107,6 +107,7 @@ def test_bench_runs_and_prints_the_ratios():
     assert result.returncode == 0, result.stderr
     assert "x the DataLoader path" in result.stdout and "sslkit / kornia" in result.stdout
     assert "simclr" in result.stdout and "images/s" in result.stdout
+    assert "peak rise of resident memory" in result.stdout  # CPU memory, as CUDA's allocator peak on a GPU
 
 
 def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
