@@ -146,30 +146,39 @@ class PeakResidentMemory:
         self.peak_mib = self.peak - self.start
 
 
-def bench_training(images, labels, device: torch.device, batch_size: int, steps: int, methods,
-                   compile_model: bool = False) -> dict:
-    """Training images/s (one image = all its views) and peak memory of each method.
+def train_throughput(name: str, device: str, batch_size: int, steps: int, compile_model: bool = False) -> dict:
+    """Images/s and peak memory of ``steps`` training steps of ``name``, measured in this process."""
+    device = torch.device(device)
+    images, labels = (t.to(device) for t in load_fashion_mnist("train"))
+    torch.manual_seed(0)
+    method = build_method(name)
+    config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, **METHOD_CLASSES[name].recipe)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakResidentMemory() as resident:
+        history = train(method, images, labels, config, device, progress=False, compile_model=compile_model)
+    seconds = history[1]["seconds"] / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else resident.peak_mib
+    return {"images_per_second": batch_size / seconds, "seconds_per_epoch": (len(images) // batch_size) * seconds,
+            "peak_memory_mib": peak}
 
-    Peak memory is CUDA's allocator peak on a GPU, and the rise of the process's resident memory
-    on a CPU (``PeakResidentMemory``).
+
+def bench_training(device: torch.device, batch_size: int, steps: int, methods, compile_model: bool = False) -> dict:
+    """Training images/s (one image = all its views) and peak memory of each method.
 
     Times the real loop of ``train.train`` (two epochs of ``steps`` steps; the first is warm-up),
     so the figure includes everything a training run pays for, the per-step loss check included.
+    Each method runs in a fresh process, one after the other, so that its peak memory (CUDA's
+    allocator peak on a GPU, the rise of resident memory on a CPU) is its own and not memory that
+    an earlier method left to the allocator.
     """
-    images, labels = images.to(device), labels.to(device)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     results = {}
     for name in methods:
-        torch.manual_seed(0)
-        method = build_method(name)
-        config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, **METHOD_CLASSES[name].recipe)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with PeakResidentMemory() as resident:
-            history = train(method, images, labels, config, device, progress=False, compile_model=compile_model)
-        seconds = history[1]["seconds"] / steps
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else resident.peak_mib
-        results[name] = {"images_per_second": batch_size / seconds,
-                         "seconds_per_epoch": (len(images) // batch_size) * seconds, "peak_memory_mib": peak}
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results[name] = pool.submit(train_throughput, name, str(device), batch_size, steps, compile_model).result()
     return results
 
 
@@ -211,7 +220,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"  sslkit / kornia: {ratio:.1f}x")
     print(f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method"
           + (", torch.compile" if args.compile else "") + ":")
-    training = bench_training(images, labels, device, args.batch_size, args.steps, args.methods, args.compile)
+    training = bench_training(device, args.batch_size, args.steps, args.methods, args.compile)
     memory_kind = "peak CUDA memory" if device.type == "cuda" else "peak rise of resident memory"
     for name, result in training.items():
         memory = f", {memory_kind} {result['peak_memory_mib']:.0f} MiB"
