@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make lab    set everything up and open the series in JupyterLab
 #   make test   set everything up and run the unit tests and the notebooks (pytest --nbval)
-# Other targets: make setup | data | notebooks | lint | bench | results | clean
+# Other targets: make test-browser | setup | data | chromium | notebooks | lint | bench | results | clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,13 +9,29 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: lab test setup data notebooks lint bench results clean
+.PHONY: lab test test-browser chromium setup data notebooks lint bench results clean
+
+# JupyterLab refuses to run as root unless told to (containers, Colab-like machines).
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
 lab: setup data
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(ALLOW_ROOT)
 
 test: setup data
 	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
+
+# The notebooks in a real browser: JupyterLab + Chromium (Playwright), screenshots in e2e/screenshots/.
+test-browser: setup data chromium
+	$(BIN)/python -m pytest -p no:cacheprovider e2e
+
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "Chromium: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "Chromium is needed for the browser test: sudo apt-get install chromium"; exit 1; \
+	fi
 
 setup: $(STAMP)
 
