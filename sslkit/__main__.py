@@ -23,7 +23,7 @@ from .evaluate import (
     geometry,
     label_efficiency,
 )
-from .methods import METHOD_CLASSES, build_method
+from .methods import METHOD_CLASSES, JointEmbedding, build_method
 from .models import PixelFeatures, build_encoder, count_parameters
 from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
 from .weights import (
@@ -396,7 +396,7 @@ def run_sweep(args: argparse.Namespace) -> None:
                          f"{', '.join(sorted(method_params | train_fields))}")
     if args.lr_scaling != "none" and args.param != "batch_size":
         raise ValueError(f"--lr-scaling {args.lr_scaling} applies only when sweeping batch_size, not {args.param}")
-    if args.diagnostics and not hasattr(cls, "embed"):
+    if args.diagnostics and not issubclass(cls, JointEmbedding):
         raise ValueError(f"--diagnostics needs a joint-embedding method (simclr, dcl, vicreg), not {args.method}")
     manifest_entry(args.method, args.weights)  # results are recorded beside the shipped weights
     device = resolve_device(args.device)

@@ -24,6 +24,14 @@ def _check_temperature(temperature: float, name: str) -> None:
         raise ValueError(f"{name}: temperature must be positive, got {temperature}")
 
 
+def _similarity_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities / τ of all 2N views ``[2N, 2N]`` (float32), and each view's partner ``[2N]``."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return z @ z.T / temperature, partner
+
+
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020, Eq. 1).
 
@@ -44,13 +52,10 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     """
     _check_pair(z1, z2, "nt_xent_loss")
     _check_temperature(temperature, "nt_xent_loss")
-    n = z1.shape[0]
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-        logits = z @ z.T / temperature
-        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        logits, partner = _similarity_logits(z1, z2, temperature)
+        self_mask = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(self_mask, float("-inf"))  # a view is never its own negative
-        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
         return F.cross_entropy(logits, partner)
 
 
@@ -165,14 +170,11 @@ def dcl_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.3) -> to
     """
     _check_pair(z1, z2, "dcl_loss")
     _check_temperature(temperature, "dcl_loss")
-    n = z1.shape[0]
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-        logits = z @ z.T / temperature
-        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        logits, partner = _similarity_logits(z1, z2, temperature)
         positive = logits.gather(1, partner[:, None]).squeeze(1)
-        not_negative = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-        not_negative[torch.arange(2 * n, device=z.device), partner] = True
+        not_negative = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+        not_negative[torch.arange(len(logits), device=logits.device), partner] = True
         negatives = logits.masked_fill(not_negative, float("-inf")).logsumexp(dim=1)
         return (negatives - positive).mean()
 

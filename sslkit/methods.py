@@ -208,11 +208,27 @@ class Rotation(Method):
         }
 
 
-class SimCLR(Method):
+class JointEmbedding(Method):
+    """Two augmented views of each image through the encoder and a head; the loss compares them."""
+
+    loss_spans_global_batch = True
+    augment_config: AugmentConfig
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The embeddings the loss sees, ``[N, D]``."""
+        raise NotImplementedError
+
+    def embed_two_views(self, images: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        view1 = augment(images, self.augment_config, generator)
+        view2 = augment(images, self.augment_config, generator)
+        # One forward pass for both views: BatchNorm sees all 2N views, like SimCLR's global BN.
+        return self.embed(torch.cat([view1, view2])).chunk(2)
+
+
+class SimCLR(JointEmbedding):
     """SimCLR (Chen et al. 2020): two augmented views per image, projector, NT-Xent."""
 
     contrastive_loss = staticmethod(nt_xent_loss)
-    loss_spans_global_batch = True
 
     name = "simclr"
     recipe = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 5}
@@ -235,10 +251,7 @@ class SimCLR(Method):
         return self.projector(self.encoder(images))
 
     def training_step(self, images, labels=None, generator=None):
-        view1 = augment(images, self.augment_config, generator)
-        view2 = augment(images, self.augment_config, generator)
-        # One forward pass for both views: BatchNorm sees all 2N views, like SimCLR's global BN.
-        z1, z2 = self.embed(torch.cat([view1, view2])).chunk(2)
+        z1, z2 = self.embed_two_views(images, generator)
         return {"loss": global_loss(self.contrastive_loss, z1, z2, self.temperature)}
 
     def config(self):
@@ -260,7 +273,7 @@ class DCL(SimCLR):
     contrastive_loss = staticmethod(dcl_loss)
 
 
-class VICReg(Method):
+class VICReg(JointEmbedding):
     """VICReg (Bardes et al. 2022): two views, a wide expander, and no negatives at all.
 
     Collapse (every image mapped to the same point) is prevented by the variance hinge, which keeps
@@ -271,7 +284,6 @@ class VICReg(Method):
     """
 
     name = "vicreg"
-    loss_spans_global_batch = True
     # AdamW: plain SGD at SimCLR's learning rate diverges within a few steps (the paper uses LARS,
     # which rescales each layer's update; notebook 06 shows the divergence). The learning rate was
     # chosen from 2-epoch runs scored on the validation split (results.sweeps.lr in the manifest).
@@ -298,9 +310,7 @@ class VICReg(Method):
         return self.expander(self.encoder(images))
 
     def training_step(self, images, labels=None, generator=None):
-        view1 = augment(images, self.augment_config, generator)
-        view2 = augment(images, self.augment_config, generator)
-        z1, z2 = self.embed(torch.cat([view1, view2])).chunk(2)
+        z1, z2 = self.embed_two_views(images, generator)
         return global_loss(vicreg_loss, z1, z2, self.sim_coeff, self.std_coeff, self.cov_coeff)
 
     def config(self):
