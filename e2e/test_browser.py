@@ -116,7 +116,8 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, browser, name):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.route("**/*", only_loopback)
     try:
-        page.goto(f"{base}/lab/tree/{name}?token={token}")
+        # A workspace of its own, reset: no tabs of earlier notebooks restored beside this one.
+        page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
         select_kernel = page.locator(".jp-Dialog button:has-text('Select')")
         try:  # a fresh JupyterLab may ask which kernel to start: the notebook's own (python3)
