@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, distributed
-from .data import VALIDATION_SIZE, DataNotFoundError, load_fashion_mnist
+from .data import DataNotFoundError, load_fashion_mnist
 from .evaluate import (
     FINE_TUNE_FRACTIONS,
     FINE_TUNE_SEEDS,
@@ -385,8 +385,7 @@ def add_sweep_parser(subparsers) -> None:
 def run_sweep(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
-    from .data import validation_split
-    from .evaluate import embedding_diagnostics, select_and_fit_linear_probe
+    from .evaluate import embedding_diagnostics, probe_validation_split, select_and_fit_linear_probe
 
     cls = METHOD_CLASSES[args.method]
     train_fields = {f.name for f in fields(TrainConfig)} - {"epochs", "steps_per_epoch", "amp", "seed"}
@@ -412,6 +411,12 @@ def run_sweep(args: argparse.Namespace) -> None:
     if all(previous.get(key) == value for key, value in settings.items()):
         done = {(run["value"], run.get("seed", 0)): run for run in previous.get("runs", [])
                 if "diagnostics" in run or not args.diagnostics}
+
+    def record(runs: list[dict]) -> None:
+        sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
+        sweeps[args.param] = {**settings, "command": command, "device": describe_device(device), "runs": runs}
+        record_results(args.method, "sweeps", sweeps, args.weights)
+
     runs = []
     for value in args.values:
         for seed in args.seeds:
@@ -429,7 +434,7 @@ def run_sweep(args: argparse.Namespace) -> None:
                 recipe["lr"] = cls.recipe["lr"] * (ratio if args.lr_scaling == "linear" else ratio ** 0.5)
             config = TrainConfig(epochs=args.epochs, seed=seed, steps_per_epoch=args.steps_per_epoch, **recipe)
             started = time.perf_counter()
-            history = train(method.to(device), images, labels, config, device, progress=False)
+            history = train(method, images, labels, config, device, progress=False)
             features = extract_features(method.encoder, images, device=device)
             _, validation = select_and_fit_linear_probe(features, labels)
             last = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
@@ -437,20 +442,15 @@ def run_sweep(args: argparse.Namespace) -> None:
                    "validation_accuracy": round(max(validation.values()), 6),
                    "seconds": round(time.perf_counter() - started, 1)}
             if args.diagnostics:
-                _, validation_indices = validation_split(labels, min(VALIDATION_SIZE, len(labels) // 10))
+                _, validation_indices = probe_validation_split(labels)
                 run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
             runs.append(run)
             print(f"{args.method} {args.param}={value} seed {seed} (lr {config.lr:.4g}): "
                   + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
                   + f", validation probe accuracy {100 * run['validation_accuracy']:.2f}% ({run['seconds']:.0f} s)",
                   flush=True)
-            sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
-            sweeps[args.param] = {**settings, "command": command, "device": describe_device(device),
-                                  "runs": runs + [r for r in done.values() if r not in runs]}
-            record_results(args.method, "sweeps", sweeps, args.weights)
-    sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
-    sweeps[args.param] = {**settings, "command": command, "device": describe_device(device), "runs": runs}
-    record_results(args.method, "sweeps", sweeps, args.weights)
+            record(runs + [r for r in done.values() if r not in runs])  # keeps the runs still to be reached
+    record(runs)
 
 
 # ---------------------------------------------------------------------------------------- main

@@ -129,6 +129,12 @@ def fit_linear_probe(
     )
 
 
+def probe_validation_split(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fit, validation)`` indices: the series' 5,000-image validation split; smaller slices
+    (smoke runs) hold out a tenth."""
+    return validation_split(labels, min(VALIDATION_SIZE, len(labels) // 10))
+
+
 def select_and_fit_linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -138,8 +144,7 @@ def select_and_fit_linear_probe(
 
     Returns the refitted probe and the validation accuracy of every candidate.
     """
-    # The series' 5,000-image validation split; smaller slices (smoke runs) hold out a tenth.
-    fit_indices, val_indices = validation_split(train_labels, min(VALIDATION_SIZE, len(train_labels) // 10))
+    fit_indices, val_indices = probe_validation_split(train_labels)
     val_accuracy, probes, probe = {}, {}, None
     for weight_decay in sorted(weight_decays, reverse=True):  # strong to weak, each warm-started
         probe = fit_linear_probe(train_features[fit_indices], train_labels[fit_indices], weight_decay, init=probe)
@@ -397,7 +402,7 @@ class FineTuneConfig:
 def fine_tune_subset(train_labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """Indices of ``fraction`` × N labelled training images, stratified and seeded, none of them in
     the validation split (which scores the learning curves). Identical for every method."""
-    fit_indices, _ = validation_split(train_labels, min(VALIDATION_SIZE, len(train_labels) // 10))
+    fit_indices, _ = probe_validation_split(train_labels)
     count = max(NUM_CLASSES, round(fraction * len(train_labels)))
     return fit_indices[low_label_subset(train_labels[fit_indices], count / len(fit_indices), seed)]
 
@@ -427,7 +432,7 @@ def fine_tune(
     config = config or FineTuneConfig()
     images, labels = train_data
     subset = fine_tune_subset(labels, fraction, seed)
-    _, val_indices = validation_split(labels, min(VALIDATION_SIZE, len(labels) // 10))
+    _, val_indices = probe_validation_split(labels)
     batch_size = min(config.batch_size, len(subset))
     steps_per_epoch = len(subset) // batch_size
     epochs = max(1, round(config.steps / steps_per_epoch))

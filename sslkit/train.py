@@ -286,7 +286,7 @@ def train(
                     f"learning rate (now {scheduler.get_last_lr()[0]:.3g}) or check the inputs."
                 )
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss * loss_scale if loss_scale != 1 else loss).backward()
+            scaler.scale(loss * loss_scale).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
