@@ -24,7 +24,7 @@ from .evaluate import (
     label_efficiency,
 )
 from .methods import METHOD_CLASSES, JointEmbedding, build_method
-from .models import PixelFeatures, build_encoder, count_parameters
+from .models import VIT_CONFIG, PixelFeatures, build_encoder, count_parameters
 from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
 from .weights import (
     BASELINES,
@@ -38,7 +38,7 @@ from .weights import (
     weights_dir,
 )
 
-UNTRAINED_BASELINES = ("random", "pixels")  # evaluated as they are: nothing to train
+UNTRAINED_BASELINES = ("random", "random_vit", "pixels")  # evaluated as they are: nothing to train
 
 
 def positive_int(text: str) -> int:
@@ -87,7 +87,8 @@ def add_pretrain_parser(subparsers) -> None:
             "(batch 256, 100 epochs), resuming from --checkpoint if it exists; then fit the linear "
             "probe (chosen on the validation split), measure test accuracy and kNN, and write "
             "OUT/METHOD.pth, OUT/METHOD.history.json and the entry in OUT/manifest.json. "
-            "'random' and 'pixels' are baselines with nothing to train: they are only evaluated."
+            "'random' (the ResNet), 'random_vit' (MAE's ViT) and 'pixels' are baselines with nothing to train: "
+            "they are only evaluated."
         ),
     )
     parser.add_argument("method", choices=sorted(METHOD_CLASSES) + list(UNTRAINED_BASELINES), metavar="METHOD",
@@ -143,8 +144,8 @@ def pretrain(args: argparse.Namespace, device: torch.device) -> None:
     if args.method == "pixels":
         encoder, state = PixelFeatures(), {}
         entry.update(kind="baseline", config={"encoder": None}, epochs=0)
-    elif args.method == "random":
-        encoder = build_encoder()
+    elif args.method in ("random", "random_vit"):
+        encoder = build_encoder(VIT_CONFIG if args.method == "random_vit" else None)
         entry.update(kind="baseline", config={"encoder": encoder.config()}, epochs=0)
         state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     else:

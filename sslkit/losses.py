@@ -225,3 +225,39 @@ def _covariance_penalty(z: torch.Tensor) -> torch.Tensor:
     covariance = centred.T @ centred / (n - 1)
     off_diagonal = covariance - torch.diag(torch.diagonal(covariance))
     return off_diagonal.pow(2).sum() / d
+
+
+def normalized_patches(patches: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    """Each patch standardised by its own mean and variance: MAE's normalised-pixel target."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    variance = patches.var(dim=-1, keepdim=True)  # unbiased, as in the MAE code
+    return (patches - mean) / (variance + epsilon).sqrt()
+
+
+def mae_loss(
+    predictions: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, normalize_target: bool = True
+) -> torch.Tensor:
+    """MAE's reconstruction loss (He et al. 2022, Sec. 3): mean squared error on masked patches only.
+
+        L = Σ_i m_i · ‖x̂_i − t_i‖² / P  /  Σ_i m_i,
+
+    over all patches i of the batch, with m_i = 1 for a masked patch, P values per patch, and
+    target t_i the patch's pixels, or (``normalize_target``) the pixels standardised by the patch's
+    own mean and variance, which the paper finds gives better representations (their Table 1c).
+    Visible patches are not scored: the encoder saw them, predicting them teaches nothing.
+
+    Args:
+        predictions: ``[N, L, P]`` the decoder's output for every patch.
+        patches: ``[N, L, P]`` the image's patches (``models.patchify``).
+        mask: ``[N, L]`` 1 for masked, 0 for visible patches.
+
+    Returns:
+        Scalar float32 tensor.
+    """
+    if predictions.shape != patches.shape or mask.shape != patches.shape[:2]:
+        raise ValueError(f"mae_loss expects predictions and patches [N, L, P] and mask [N, L], got "
+                         f"{tuple(predictions.shape)}, {tuple(patches.shape)} and {tuple(mask.shape)}")
+    with torch.autocast(device_type=predictions.device.type, enabled=False):
+        target = normalized_patches(patches.float()) if normalize_target else patches.float()
+        per_patch = (predictions.float() - target).pow(2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()

@@ -14,8 +14,19 @@ from torch import nn
 from .augment import FLIP_AUGMENT, SIMCLR_AUGMENT, SUPERVISED_AUGMENT, AugmentConfig, augment, random_rotations
 from .data import NUM_CLASSES
 from .distributed import global_loss
-from .losses import dcl_loss, elbo_loss, nt_xent_loss, reconstruction_loss, vicreg_loss
-from .models import ConvDecoder, GaussianHead, ProjectionHead, build_encoder
+from .losses import dcl_loss, elbo_loss, mae_loss, nt_xent_loss, reconstruction_loss, vicreg_loss
+from .models import (
+    VIT_CONFIG,
+    ConvDecoder,
+    GaussianHead,
+    MAEDecoder,
+    ProjectionHead,
+    ViTEncoder,
+    build_encoder,
+    patchify,
+    random_masking,
+    unpatchify,
+)
 
 
 class Method(nn.Module):
@@ -324,6 +335,86 @@ class VICReg(JointEmbedding):
         }
 
 
+class MAE(Method):
+    """Masked autoencoder (He et al. 2022): hide most patches, redraw them from the rest.
+
+    The image is cut into 4×4 patches (49 tokens); each sample hides a random 75% of them
+    (``models.random_masking``); the ViT encoder sees only the visible 12 tokens, and a light
+    decoder (``models.MAEDecoder``) fills in mask tokens and predicts every patch's pixels. The
+    loss scores the masked patches only (``losses.mae_loss``), against per-patch normalised pixels
+    by default. The views are crops and flips only: the masking is the main augmentation.
+    """
+
+    name = "mae"
+    # AdamW with MAE's weight decay; the learning rate was chosen from short runs scored on the
+    # validation split (results.sweeps.lr in the manifest).
+    recipe = {"optimizer": "adamw", "lr": 1.5e-3, "weight_decay": 0.05, "warmup_epochs": 5}
+
+    def __init__(
+        self,
+        encoder_config: dict | None = None,
+        mask_ratio: float = 0.75,
+        normalize_target: bool = True,
+        decoder_dim: int = 64,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        augment_config: AugmentConfig | None = SUPERVISED_AUGMENT,
+    ):
+        super().__init__(encoder_config or VIT_CONFIG)
+        if not isinstance(self.encoder, ViTEncoder):
+            raise ValueError("MAE needs a ViT encoder config ({'architecture': 'vit', ...}, see models.VIT_CONFIG)")
+        if not 0 < mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        self.mask_ratio, self.normalize_target = mask_ratio, normalize_target
+        self.augment_config = augment_config
+        encoder = self.encoder
+        self.decoder = MAEDecoder(encoder.dim, encoder.num_patches, encoder.patch_size**2 * encoder.in_channels,
+                                  decoder_dim, decoder_depth, decoder_heads)
+
+    def predict(self, images: torch.Tensor, mask_ratio: float | None = None, generator=None) -> dict:
+        """Mask, encode the visible patches, decode all patches.
+
+        Returns ``predictions`` and ``patches`` ``[N, L, P]`` and ``mask`` ``[N, L]`` (1 = masked).
+        """
+        keep, restore, mask = random_masking(images.shape[0], self.encoder.num_patches,
+                                             self.mask_ratio if mask_ratio is None else mask_ratio,
+                                             images.device, generator)
+        predictions = self.decoder(self.encoder.tokens(images, keep), restore)
+        return {"predictions": predictions, "patches": patchify(images, self.encoder.patch_size), "mask": mask}
+
+    def reconstruct(self, images: torch.Tensor, mask_ratio: float | None = None, generator=None):
+        """``(masked, reconstruction)``, each ``[N, C, H, W]`` in [0, 1], for showing.
+
+        ``masked`` is the input with the hidden patches greyed out; ``reconstruction`` pastes the
+        visible patches back and fills the masked ones with the prediction, de-normalised with each
+        true patch's own mean and standard deviation when the target was normalised.
+        """
+        out = self.predict(images, mask_ratio, generator)
+        patches, predictions, mask = out["patches"], out["predictions"].float(), out["mask"].unsqueeze(-1)
+        if self.normalize_target:
+            predictions = predictions * (patches.var(-1, keepdim=True) + 1e-6).sqrt() + patches.mean(-1, keepdim=True)
+        size, channels = self.encoder.patch_size, self.encoder.in_channels
+        masked = unpatchify(patches * (1 - mask) + 0.5 * mask, size, channels)
+        reconstruction = unpatchify(patches * (1 - mask) + predictions.clamp(0, 1) * mask, size, channels)
+        return masked, reconstruction
+
+    def training_step(self, images, labels=None, generator=None):
+        views = _augment_or_identity(images, self.augment_config, generator).contiguous()
+        out = self.predict(views, generator=generator)
+        return {"loss": mae_loss(out["predictions"], out["patches"], out["mask"], self.normalize_target)}
+
+    def config(self):
+        return {
+            **super().config(),
+            "mask_ratio": self.mask_ratio,
+            "normalize_target": self.normalize_target,
+            "decoder_dim": self.decoder.dim,
+            "decoder_depth": self.decoder.depth,
+            "decoder_heads": self.decoder.heads,
+            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
+        }
+
+
 class Supervised(Method):
     """The ceiling baseline: the same encoder and a linear classifier trained end to end on labels."""
 
@@ -348,7 +439,7 @@ class Supervised(Method):
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Autoencoder, VAE, Rotation, SimCLR, DCL, VICReg, Supervised)
+    cls.name: cls for cls in (Autoencoder, VAE, Rotation, SimCLR, DCL, VICReg, MAE, Supervised)
 }
 
 

@@ -1,13 +1,18 @@
-"""The shared encoder and the heads that methods put on top of it.
+"""The shared encoders and the heads that methods put on top of them.
 
 Every CNN method in the series trains the same ``ResNetEncoder`` configuration, so differences in
-accuracy come from the objective, not the network. Heads (projectors, classifiers) are separate
-modules: only the encoder is evaluated.
+accuracy come from the objective, not the network. MAE needs a network that works on a set of
+patches, so it trains a small Vision Transformer (``ViTEncoder``), compared with a random ViT of
+the same size. Heads (projectors, classifiers, decoders) are separate modules: only the encoder
+is evaluated.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Mean and standard deviation of Fashion-MNIST training pixels in [0, 1].
@@ -15,6 +20,9 @@ FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 
 ENCODER_CONFIG = {"widths": [32, 64, 128], "in_channels": 1}
+# MAE's encoder: 7×7 = 49 tokens of 4×4 patches, 6 pre-norm blocks of width 128.
+VIT_CONFIG = {"architecture": "vit", "image_size": 28, "patch_size": 4, "in_channels": 1, "dim": 128, "depth": 6,
+              "heads": 4, "mlp_ratio": 4, "position": "sincos"}
 
 
 class BasicBlock(nn.Module):
@@ -143,9 +151,211 @@ class PixelFeatures(nn.Module):
         return x.flatten(1)
 
 
-def build_encoder(config: dict | None = None) -> ResNetEncoder:
-    """The shared encoder from its config (``ENCODER_CONFIG`` when None)."""
-    return ResNetEncoder(**(config or ENCODER_CONFIG))
+# ------------------------------------------------------------------------------ Vision Transformer
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``[N, C, H, W]`` → ``[N, L, p·p·C]``: the image cut into L = (H/p)(W/p) patches, row by row.
+
+    Each patch is flattened with its pixels first and its channels last (MAE's convention), so a
+    patch's values can be normalised by its own mean and variance.
+    """
+    n, c, h, w = images.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}×{w} is not a multiple of the patch size {patch_size}")
+    x = images.reshape(n, c, h // patch_size, patch_size, w // patch_size, patch_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // patch_size) * (w // patch_size), patch_size**2 * c)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 1) -> torch.Tensor:
+    """Inverse of ``patchify`` for square images: ``[N, L, p·p·C]`` → ``[N, C, H, W]``."""
+    n, length, _ = patches.shape
+    side = math.isqrt(length)
+    if side * side != length or patches.shape[2] != patch_size**2 * channels:
+        raise ValueError(f"cannot arrange {length} patches of {patches.shape[2]} values as a square image")
+    x = patches.reshape(n, side, side, patch_size, patch_size, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(n, channels, side * patch_size, side * patch_size)
+
+
+def random_masking(n: int, length: int, mask_ratio: float, device=None, generator=None):
+    """MAE's per-sample random masking of ``length`` patches (He et al. 2022, Sec. 3).
+
+    Each sample draws its own random permutation (argsort of uniform noise) and keeps the first
+    ``len_keep = int(length · (1 - mask_ratio))`` patches of it. Returns ``keep`` ``[n, len_keep]``
+    (indices of the visible patches), ``restore`` ``[n, length]`` (the inverse permutation: gathering
+    [visible, masked] tokens with it puts them back in image order) and ``mask`` ``[n, length]``
+    (1 for a masked patch, 0 for a visible one, in image order).
+    """
+    if not 0 <= mask_ratio < 1:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    len_keep = int(length * (1 - mask_ratio))
+    noise = torch.rand(n, length, device=device, generator=generator)
+    shuffle = torch.argsort(noise, dim=1)
+    restore = torch.argsort(shuffle, dim=1)
+    mask = torch.ones(n, length, device=device)
+    mask[:, :len_keep] = 0
+    return shuffle[:, :len_keep], restore, torch.gather(mask, 1, restore)
+
+
+def sincos_position_embedding(grid_size: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings ``[grid_size², dim]`` (MAE, He et al. 2022).
+
+    Half of the dimensions encode the row, half the column; each half is the 1-D embedding of
+    Vaswani et al. (2017): sin and cos of the position at frequencies 1/10000^(k/(dim/4)).
+    """
+    if dim % 4:
+        raise ValueError(f"the sine-cosine embedding needs a width divisible by 4, got {dim}")
+    frequencies = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, columns = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+
+    def embed(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1).double() * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([embed(rows), embed(columns)], dim=1).float()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: softmax(QKᵀ/√d) V per head, heads concatenated and projected."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, dim = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, dim / heads]
+        return self.out(attended.transpose(1, 2).reshape(n, length, dim))
+
+
+class TransformerBlock(nn.Module):
+    """A pre-norm Transformer block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """Xavier-uniform linear layers with zero biases, unit LayerNorms (MAE's initialisation)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ViTEncoder(nn.Module):
+    """A small Vision Transformer: ``[N, C, H, W]`` in ``[0, 1]`` → features ``[N, dim]``.
+
+    The image is cut into ``patch_size``² patches (49 for 28×28 and 4×4), each patch linearly
+    embedded (a strided convolution) and given its position embedding; ``depth`` pre-norm blocks
+    and a final LayerNorm follow. The features are the mean of the tokens after the final norm.
+    ``tokens(x, keep)`` encodes only the patches indexed by ``keep``: MAE's encoder never sees
+    the masked patches. ``position`` is ``"sincos"`` (fixed) or ``"learned"``.
+    """
+
+    def __init__(self, image_size: int = 28, patch_size: int = 4, in_channels: int = 1, dim: int = 128,
+                 depth: int = 6, heads: int = 4, mlp_ratio: int = 4, position: str = "sincos",
+                 architecture: str = "vit"):
+        super().__init__()
+        if architecture != "vit" or position not in ("sincos", "learned"):
+            raise ValueError(f"ViTEncoder: architecture must be 'vit' and position 'sincos' or 'learned', "
+                             f"got {architecture!r} and {position!r}")
+        if image_size % patch_size:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.dim, self.depth, self.heads, self.mlp_ratio, self.position = dim, depth, heads, mlp_ratio, position
+        self.num_patches = (image_size // patch_size) ** 2
+        self.patch_embedding = nn.Conv2d(in_channels, dim, patch_size, patch_size)
+        embedding = sincos_position_embedding(image_size // patch_size, dim).unsqueeze(0)
+        if position == "learned":  # starts from the sine-cosine values, then trained
+            self.position_embedding = nn.Parameter(embedding)
+        else:  # fixed: a buffer, so no optimiser or fine-tuning ever changes it
+            self.register_buffer("position_embedding", embedding)
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.feature_dim = dim
+        self.apply(init_transformer_weights)
+        # The patch embedding is a linear map of the flattened patch: initialise it like one.
+        nn.init.xavier_uniform_(self.patch_embedding.weight.view(dim, -1))
+        nn.init.zeros_(self.patch_embedding.bias)
+
+    def config(self) -> dict:
+        return {"architecture": "vit", "image_size": self.image_size, "patch_size": self.patch_size,
+                "in_channels": self.in_channels, "dim": self.dim, "depth": self.depth, "heads": self.heads,
+                "mlp_ratio": self.mlp_ratio, "position": self.position}
+
+    def tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoded tokens ``[N, L', dim]`` after the final norm, of all patches or those in ``keep`` ``[N, L']``."""
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"ViTEncoder expects images [N, {', '.join(map(str, expected))}] in [0, 1], "
+                             f"got {tuple(x.shape)}")
+        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2) + self.position_embedding
+        if keep is not None:
+            tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, self.dim))
+        return self.norm(self.blocks(tokens))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x).mean(dim=1)
+
+
+class MAEDecoder(nn.Module):
+    """MAE's light decoder: visible tokens + mask tokens → pixel values of every patch.
+
+    The encoded visible tokens are projected to the decoder's width; a shared, learned mask token
+    fills every masked position; all tokens are put back in image order (``restore``), given
+    position embeddings again, and a few narrow blocks predict each patch's ``p·p·C`` values.
+    """
+
+    def __init__(self, encoder_dim: int = 128, num_patches: int = 49, patch_values: int = 16, dim: int = 64,
+                 depth: int = 2, heads: int = 4, mlp_ratio: int = 4):
+        super().__init__()
+        self.dim, self.depth, self.heads, self.mlp_ratio = dim, depth, heads, mlp_ratio
+        self.embed = nn.Linear(encoder_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("position_embedding", sincos_position_embedding(math.isqrt(num_patches), dim).unsqueeze(0))
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.predict = nn.Linear(dim, patch_values)
+        self.apply(init_transformer_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def config(self) -> dict:
+        return {"dim": self.dim, "depth": self.depth, "heads": self.heads, "mlp_ratio": self.mlp_ratio}
+
+    def forward(self, visible: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+        """Encoded visible tokens ``[N, L_keep, D_enc]`` and ``restore`` ``[N, L]`` → predictions ``[N, L, p·p·C]``."""
+        x = self.embed(visible)
+        n, length = restore.shape
+        x = torch.cat([x, self.mask_token.expand(n, length - x.shape[1], -1)], dim=1)  # shuffled order
+        x = torch.gather(x, 1, restore.unsqueeze(-1).expand(-1, -1, self.dim))  # back to image order
+        return self.predict(self.norm(self.blocks(x + self.position_embedding)))
+
+
+def build_encoder(config: dict | None = None) -> ResNetEncoder | ViTEncoder:
+    """An encoder from its config: the shared ResNet (``ENCODER_CONFIG`` when None) or, for a config
+    with ``"architecture": "vit"``, the ViT (``VIT_CONFIG``)."""
+    config = config or ENCODER_CONFIG
+    if config.get("architecture") == "vit":
+        return ViTEncoder(**config)
+    return ResNetEncoder(**config)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -21,6 +21,7 @@ DISPLAY_NAMES = {
     "mae": "MAE",
     "supervised": "Supervised (all labels, ceiling)",
     "random": "Random encoder (untrained)",
+    "random_vit": "Random ViT (untrained, MAE's encoder)",
     "pixels": "Raw pixels",
 }
 

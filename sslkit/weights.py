@@ -22,7 +22,7 @@ from .augment import AugmentConfig
 from .models import PixelFeatures, build_encoder
 
 METHODS = ("autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae")
-BASELINES = ("supervised", "random", "pixels")
+BASELINES = ("supervised", "random", "random_vit", "pixels")
 MANIFEST_NAME = "manifest.json"
 
 

@@ -15,7 +15,7 @@ def fresh(name="simclr", seed=0):
     return build_method(name)
 
 
-@pytest.mark.parametrize("name", ["autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "supervised"])
+@pytest.mark.parametrize("name", ["autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae", "supervised"])
 def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(small_batch, name):
     images, labels = small_batch
     method = fresh(name).train()
