@@ -133,15 +133,18 @@ def print_label_efficiency(names: list[str] | tuple[str, ...]) -> dict[str, dict
             f"{100 * result['fractions'][f]['mean']:>11.2f} ± {100 * result['fractions'][f]['std']:4.2f}"
             for f in fractions
         )
-        label = "from scratch (random)" if name == "random" else name
+        label = f"from scratch ({name})" if name in ("random", "random_vit") else name
         print(f"{label:<24}{cells}")
     return results
 
 
-def print_gain_over_scratch(results: dict[str, dict], name: str) -> dict[str, dict[str, float]]:
+def print_gain_over_scratch(
+    results: dict[str, dict], name: str, scratch: str = "random"
+) -> dict[str, dict[str, float]]:
     """For each label fraction: how much starting from ``name``'s encoder helps fine-tuning.
 
-    ``results`` holds the label-efficiency results of ``name`` and of ``"random"`` (as returned by
+    ``results`` holds the label-efficiency results of ``name`` and of ``scratch``, the same network
+    with random weights (``"random"``, or ``"random_vit"`` for MAE) (as returned by
     ``print_label_efficiency`` or ``evaluate.label_efficiency``). Prints, per fraction, the
     difference of the mean test accuracies with its standard error and Welch's t-test over the
     seeds (with three seeds a difference of means says little on its own), and the difference of
@@ -154,13 +157,13 @@ def print_gain_over_scratch(results: dict[str, dict], name: str) -> dict[str, di
     """
     comparison = {}
     for fraction, result in results[name]["fractions"].items():
-        scratch = results["random"]["fractions"][fraction]
-        ours, theirs = np.array(result["test_accuracy"]), np.array(scratch["test_accuracy"])
+        reference = results[scratch]["fractions"][fraction]
+        ours, theirs = np.array(result["test_accuracy"]), np.array(reference["test_accuracy"])
         gain = float(ours.mean() - theirs.mean())
         standard_error = float(np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs)))
         p_value = float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue)
         curves = [np.array([[p["validation_accuracy"] for p in curve] for curve in r["curves"]]).mean(axis=0)
-                  for r in (result, scratch)]
+                  for r in (result, reference)]
         steps = [point["step"] for point in result["curves"][0]]
         first_gap, last_gap = float(curves[0][0] - curves[1][0]), float(curves[0][-1] - curves[1][-1])
         comparison[fraction] = {"gain": gain, "standard_error": standard_error, "p_value": p_value,

@@ -210,7 +210,7 @@ def save_figure(fig: plt.Figure, name: str) -> None:
 def plot_label_efficiency(results: dict[str, dict], title: str = "Fine-tuning with few labels") -> plt.Figure:
     """Validation-accuracy learning curves of low-label fine-tuning, one panel per label fraction.
 
-    ``results`` maps a name (``"random"`` is drawn as *from scratch*) to its manifest
+    ``results`` maps a name (``"random"`` and ``"random_vit"`` are drawn as *from scratch*) to its manifest
     ``results["fine_tune"]``. Each line is the mean over seeds, the band spans the seeds, and the
     legend gives the test accuracy as mean ± std.
     """
@@ -221,7 +221,7 @@ def plot_label_efficiency(results: dict[str, dict], title: str = "Fine-tuning wi
             entry = result["fractions"][fraction]
             steps = [point["step"] for point in entry["curves"][0]]
             curves = 100 * np.array([[point["validation_accuracy"] for point in curve] for curve in entry["curves"]])
-            label = "from scratch" if name == "random" else name
+            label = {"random": "from scratch", "random_vit": "ViT from scratch"}.get(name, name)
             line, = ax.plot(steps, curves.mean(axis=0), marker="o", markersize=3,
                             label=f"{label}: test {100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}%")
             ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
