@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def sslkit(*args, env=None):
@@ -134,3 +135,23 @@ def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
     assert [run["value"] for run in runs] == [0.5, 2.0]
     assert all(run["kl"] >= 0 and 0 < run["validation_accuracy"] <= 1 for run in runs)
     assert "fine_tune" in results  # recording one result keeps the others
+
+
+def test_mae_and_its_random_vit_baseline_publish_vit_encoders(tmp_path):
+    from sslkit.models import VIT_CONFIG, ViTEncoder
+    from sslkit.weights import load_method, load_pretrained
+
+    out = tmp_path / "weights"
+    for name in ("mae", "random_vit"):
+        result = sslkit("pretrain", name, "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64", "--limit",
+                        "300", "--out", str(out), "--checkpoint", str(tmp_path / f"{name}.ckpt"), "--no-progress")
+        assert result.returncode == 0, result.stderr
+    entries = json.loads((out / "manifest.json").read_text())["methods"]
+    assert entries["mae"]["config"]["encoder"] == entries["random_vit"]["config"]["encoder"] == VIT_CONFIG
+    assert entries["mae"]["config"]["mask_ratio"] == 0.75 and entries["random_vit"]["epochs"] == 0
+    for name in ("mae", "random_vit"):
+        encoder = load_pretrained(name, directory=out)
+        assert isinstance(encoder, ViTEncoder) and encoder(torch.rand(3, 1, 28, 28)).shape == (3, 128)
+    mae = load_method("mae", directory=out)  # encoder and decoder, for the reconstructions of notebook 07
+    masked, reconstruction = mae.reconstruct(torch.rand(2, 1, 28, 28), 0.75)
+    assert masked.shape == reconstruction.shape == (2, 1, 28, 28)
