@@ -1,7 +1,8 @@
-# The two commands of the README:
-#   make lab    set everything up and open the series in JupyterLab
-#   make test   set everything up and run the unit tests and the notebooks (pytest --nbval)
-# Other targets: make test-browser | setup | data | chromium | notebooks | lint | bench | results | clean
+# The commands of the README:
+#   make lab           set everything up and open the series in JupyterLab
+#   make test          set everything up and run the unit tests and the notebooks (pytest --nbval)
+#   make test-browser  every notebook in JupyterLab in Chromium (CI runs it after make test)
+# Other targets: make setup | data | chromium | notebooks | lint | bench | results | clean
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -32,7 +32,15 @@ SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RUN_TIMEOUT_MS = 15 * 60 * 1000
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (see requirements.txt)")
+MAX_OUTPUT_LINES = 40  # more than this is a wall of text a reader scrolls past
+MIN_FIGURE_SCALE = 0.75  # a figure shown below 3/4 of its size has text too small to read
+FIRST_CELL_SECONDS = 60  # the first cell (imports, data, weights) must not keep a reader waiting
+
+try:
+    import playwright.sync_api as playwright_api
+except ImportError:
+    pytest.fail("The playwright package is not installed: pip install -r requirements.txt (make setup does it)",
+                pytrace=False)
 if CHROMIUM is None:
     pytest.fail("Chromium is not installed: apt-get install chromium (make test-browser does it as root)",
                 pytrace=False)
@@ -103,11 +111,31 @@ def only_loopback(route):
         route.abort()
 
 
+# Text outputs whose lines the browser wraps (more rendered line boxes than printed lines): a reader
+# then sees a number cut in two. Gives the start of each such output.
+WRAPPED_LINES = """els => els.filter(e => {
+    const range = document.createRange();
+    range.selectNodeContents(e);
+    const rendered = new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size;
+    return rendered > e.innerText.replace(/\\n$/, "").split("\\n").length;
+}).map(e => e.innerText.slice(0, 100))"""
+
+
+def committed_outputs(name: str) -> list[dict]:
+    notebook = json.loads((REPO / "notebooks" / name).read_text())
+    return [output.get("data", {}) for cell in notebook["cells"] if cell["cell_type"] == "code"
+            for output in cell.get("outputs", [])]
+
+
 def committed_figures(name: str) -> int:
     """Figures in the committed notebook's outputs, outside widgets (which have no saved outputs here)."""
-    notebook = json.loads((REPO / "notebooks" / name).read_text())
-    return sum("image/png" in output.get("data", {}) for cell in notebook["cells"] if cell["cell_type"] == "code"
-               for output in cell.get("outputs", []))
+    return sum("image/png" in data for data in committed_outputs(name))
+
+
+def committed_explorers(name: str) -> int:
+    """ipywidgets explorers (interact) in the committed notebook; progress bars are widgets too, not counted."""
+    return sum("application/vnd.jupyter.widget-view+json" in data
+               and "".join(data.get("text/plain", "")).startswith("interactive(") for data in committed_outputs(name))
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -128,6 +156,11 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, browser, name):
         page.wait_for_selector(idle, timeout=120_000)
         page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
         page.click("li.lm-Menu-item:has-text('Run All Cells')")
+        started = time.monotonic()
+        page.wait_for_function(
+            "() => /^\\[\\d+\\]:$/.test(document.querySelector('.jp-CodeCell .jp-InputPrompt').textContent.trim())",
+            timeout=FIRST_CELL_SECONDS * 1000)
+        first_cell_seconds = time.monotonic() - started
         page.wait_for_function(  # every code cell has run: no "[*]" or "[ ]" prompt left
             """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
                        .every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()))""", timeout=RUN_TIMEOUT_MS)
@@ -138,11 +171,24 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, browser, name):
             "els => els.map(e => e.textContent.slice(0, 500))")
         assert errors == [], f"{name}: error output in the browser: {errors}"
 
-        images = page.eval_on_selector_all(".jp-RenderedImage img", "els => els.map(e => e.naturalWidth)")
+        images = page.eval_on_selector_all(".jp-RenderedImage img",
+                                           "els => els.map(e => [e.naturalWidth, e.clientWidth])")
         assert len(images) >= committed_figures(name), f"{name}: {len(images)} figures rendered"
-        assert all(width > 0 for width in images), f"{name}: a figure did not render"
+        assert all(natural > 0 for natural, _ in images), f"{name}: a figure did not render"
+        shrunk = [(natural, shown) for natural, shown in images if shown < MIN_FIGURE_SCALE * natural]
+        assert shrunk == [], f"{name}: figures too wide for the window, shown at (natural, shown) px {shrunk}"
 
+        lines = page.eval_on_selector_all(".jp-OutputArea-output pre",
+                                          "els => els.map(e => e.innerText.split('\\n').length)")
+        assert max(lines, default=0) <= MAX_OUTPUT_LINES, f"{name}: an output of {max(lines)} lines"
+        wrapped = page.eval_on_selector_all(".jp-OutputArea-output pre", WRAPPED_LINES)
+        assert wrapped == [], f"{name}: printed lines too long for the window, they wrap: {wrapped}"
+
+        # Each explorer is a live control, not "Error displaying widget" or the raw-text fallback.
         assert page.locator("text=Error displaying widget").count() == 0, f"{name}: a widget failed to render"
+        explorers = page.locator(".jp-OutputArea .widget-interact").count()
+        expected = committed_explorers(name)
+        assert explorers >= expected, f"{name}: {explorers} live widgets, the notebook has {expected}"
         sliders = page.locator(".jp-OutputArea .widget-slider .noUi-handle, .jp-OutputArea .slider-container input")
         for index in range(sliders.count()):
             widget = sliders.nth(index).locator("xpath=ancestor::div[contains(@class, 'widget-interact')]")
@@ -154,6 +200,8 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, browser, name):
                 "([el, old]) => { const img = el.querySelector('img'); return img && img.src !== old; }",
                 arg=[widget.element_handle(), before], timeout=60_000)
         page.wait_for_selector(idle, timeout=60_000)
+        print(f"{name}: first cell {first_cell_seconds:.1f} s, {len(images)} figures, {explorers} widgets, "
+              f"longest output {max(lines, default=0)} lines")
     finally:
         SCREENSHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{Path(name).stem}.png"))

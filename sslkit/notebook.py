@@ -115,8 +115,8 @@ def evaluate_frozen(
     recorded = manifest_entry(name)["results"]
     print(f"linear probe: test accuracy {100 * evaluation.probe_accuracy:.2f}% "
           f"(manifest {100 * recorded['linear_probe']['test_accuracy']:.2f}%), "
-          f"macro-F1 {macro_f1(predictions, test_data[1]):.4f}, L2 strength {probe.weight_decay:g} "
-          "(chosen on the validation split)")
+          f"macro-F1 {macro_f1(predictions, test_data[1]):.4f}\n"
+          f"    L2 strength {probe.weight_decay:g}, chosen on the validation split")
     print(f"kNN (k = 200): test accuracy {100 * evaluation.knn_accuracy:.2f}% "
           f"(manifest {100 * recorded['knn']['test_accuracy']:.2f}%)")
     return evaluation
@@ -173,7 +173,7 @@ def print_gain_over_scratch(
         print(f"{float(fraction):.0%} of the labels ({result['labels']:,} images): "
               f"test {name} {100 * ours.mean():.2f}% − from scratch {100 * theirs.mean():.2f}% = "
               f"{100 * gain:+.2f} ± {100 * standard_error:.2f} points")
-        print(f"    Welch's t-test over {len(ours)} + {len(theirs)} seeds: {p_text}, {verdict} at 5%; "
-              f"validation accuracy, mean over seeds: {100 * first_gap:+.1f} points at step {steps[0]}, "
+        print(f"    Welch's t-test over {len(ours)} + {len(theirs)} seeds: {p_text}, {verdict} at 5%\n"
+              f"    validation accuracy, mean over seeds: {100 * first_gap:+.1f} points at step {steps[0]}, "
               f"{100 * last_gap:+.1f} at step {steps[-1]}")
     return comparison
