@@ -399,7 +399,7 @@ class MAE(Method):
         return masked, reconstruction
 
     def training_step(self, images, labels=None, generator=None):
-        views = _augment_or_identity(images, self.augment_config, generator).contiguous()
+        views = _augment_or_identity(images, self.augment_config, generator)
         out = self.predict(views, generator=generator)
         return {"loss": mae_loss(out["predictions"], out["patches"], out["mask"], self.normalize_target)}
 
