@@ -13,7 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 from torch import nn
@@ -64,6 +70,23 @@ def save_manifest(manifest: dict, directory: str | Path | None = None) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def manifest_update(directory: str | Path | None = None):
+    """Read, change and write the manifest under an exclusive lock: runs that finish at the same time
+    (a sweep recording a run while a training publishes) never lose each other's entries.
+
+    Yields the manifest dict; it is saved when the ``with`` block ends without an error.
+    """
+    directory = Path(directory or weights_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / (MANIFEST_NAME + ".lock"), "w") as lock:
+        if fcntl is not None:  # POSIX; elsewhere concurrent runs must not write the same manifest
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = load_manifest(directory)
+        yield manifest
+        save_manifest(manifest, directory)
+
+
 def check_name(name: str) -> None:
     if name not in METHODS + BASELINES:
         raise ValueError(
@@ -88,9 +111,8 @@ def record_results(name: str, key: str, value, directory: str | Path | None = No
     """Set ``results[key]`` in the manifest entry of ``name`` (measured later than training, e.g.
     label efficiency); the weights file and its hash are unchanged."""
     manifest_entry(name, directory)  # clear error when nothing is shipped under this name
-    manifest = load_manifest(directory)
-    manifest["methods"][name].setdefault("results", {})[key] = value
-    save_manifest(manifest, directory)
+    with manifest_update(directory) as manifest:
+        manifest["methods"][name].setdefault("results", {})[key] = value
 
 
 def _verified_file(path: Path, expected_sha256: str, what: str) -> Path:
@@ -210,7 +232,6 @@ def publish(
         history_file = directory / f"{name}.history.json"
         history_file.write_text(json.dumps(history, indent=1) + "\n")
         entry.update(history_file=history_file.name, history_sha256=sha256_file(history_file))
-    manifest = load_manifest(directory)
-    manifest.setdefault("methods", {})[name] = entry
-    save_manifest(manifest, directory)
+    with manifest_update(directory) as manifest:
+        manifest.setdefault("methods", {})[name] = entry
     return entry

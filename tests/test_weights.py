@@ -84,3 +84,26 @@ def test_corrupt_manifest_is_reported(shipped):
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(WeightsError, match="not valid JSON"):
         load_pretrained("simclr", directory=folder)
+
+
+def _record_many(directory, worker, count):
+    from sslkit.weights import record_results
+
+    for i in range(count):
+        record_results("simclr", f"worker{worker}_{i}", i, directory)
+
+
+def test_concurrent_records_lose_nothing(tmp_path):
+    """Sweeps record runs while a training publishes: each read-change-write holds the manifest's lock."""
+    import multiprocessing
+
+    publish("simclr", {"encoder.w": torch.zeros(1)}, {"config": {}, "results": {}}, directory=tmp_path)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_record_many, args=(tmp_path, w, 25)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    results = manifest_entry("simclr", tmp_path)["results"]
+    assert len([key for key in results if key.startswith("worker")]) == 100
