@@ -227,11 +227,16 @@ def _covariance_penalty(z: torch.Tensor) -> torch.Tensor:
     return off_diagonal.pow(2).sum() / d
 
 
-def normalized_patches(patches: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
-    """Each patch standardised by its own mean and variance: MAE's normalised-pixel target."""
-    mean = patches.mean(dim=-1, keepdim=True)
-    variance = patches.var(dim=-1, keepdim=True)  # unbiased, as in the MAE code
-    return (patches - mean) / (variance + epsilon).sqrt()
+def patch_statistics(patches: torch.Tensor, epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each patch's mean and standard deviation ``[..., 1]``: sqrt of the unbiased variance + ε, as in
+    the MAE code. ``normalized_patches`` divides by them; a reconstruction multiplies them back."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + epsilon).sqrt()
+
+
+def normalized_patches(patches: torch.Tensor) -> torch.Tensor:
+    """Each patch standardised by its own mean and standard deviation: MAE's normalised-pixel target."""
+    mean, std = patch_statistics(patches)
+    return (patches - mean) / std
 
 
 def mae_loss(

@@ -14,7 +14,7 @@ from torch import nn
 from .augment import FLIP_AUGMENT, SIMCLR_AUGMENT, SUPERVISED_AUGMENT, AugmentConfig, augment, random_rotations
 from .data import NUM_CLASSES
 from .distributed import global_loss
-from .losses import dcl_loss, elbo_loss, mae_loss, nt_xent_loss, reconstruction_loss, vicreg_loss
+from .losses import dcl_loss, elbo_loss, mae_loss, nt_xent_loss, patch_statistics, reconstruction_loss, vicreg_loss
 from .models import (
     VIT_CONFIG,
     ConvDecoder,
@@ -393,7 +393,8 @@ class MAE(Method):
         out = self.predict(images, mask_ratio, generator)
         patches, predictions, mask = out["patches"], out["predictions"].float(), out["mask"].unsqueeze(-1)
         if self.normalize_target:
-            predictions = predictions * (patches.var(-1, keepdim=True) + 1e-6).sqrt() + patches.mean(-1, keepdim=True)
+            mean, std = patch_statistics(patches)
+            predictions = predictions * std + mean
         size, channels = self.encoder.patch_size, self.encoder.in_channels
         masked = unpatchify(patches * (1 - mask) + 0.5 * mask, size, channels)
         reconstruction = unpatchify(patches * (1 - mask) + predictions.clamp(0, 1) * mask, size, channels)
