@@ -248,7 +248,7 @@ def mae_loss(
 
     over all patches i of the batch, with m_i = 1 for a masked patch, P values per patch, and
     target t_i the patch's pixels, or (``normalize_target``) the pixels standardised by the patch's
-    own mean and variance, which the paper finds gives better representations (their Table 1c).
+    own mean and variance, which the paper finds gives better representations (their Table 1d, "pixel (w/ norm)").
     Visible patches are not scored: the encoder saw them, predicting them teaches nothing.
 
     Args:

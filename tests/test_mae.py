@@ -131,7 +131,13 @@ def test_attention_against_explicit_softmax_per_head():
         weights = torch.softmax(q[..., cols] @ k[..., cols].transpose(1, 2) / math.sqrt(4), dim=-1)
         heads.append(weights @ v[..., cols])
     expected = attention.out(torch.cat(heads, dim=-1))
+    # Both code paths: the explicit product while training on CPU, the fused kernel without gradients.
     assert torch.allclose(attention(x), expected, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(attention(x), expected, atol=1e-6)
+    gradient = torch.autograd.grad(attention(x).square().sum(), attention.qkv.weight)[0]
+    expected_gradient = torch.autograd.grad(expected.square().sum(), attention.qkv.weight)[0]
+    assert torch.allclose(gradient, expected_gradient, atol=1e-5)
 
 
 def test_vit_encoder_shapes_config_and_visible_tokens():
