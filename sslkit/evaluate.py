@@ -145,14 +145,50 @@ def select_and_fit_linear_probe(
     Returns the refitted probe and the validation accuracy of every candidate.
     """
     fit_indices, val_indices = probe_validation_split(train_labels)
-    val_accuracy, probes, probe = {}, {}, None
-    for weight_decay in sorted(weight_decays, reverse=True):  # strong to weak, each warm-started
-        probe = fit_linear_probe(train_features[fit_indices], train_labels[fit_indices], weight_decay, init=probe)
-        probes[weight_decay] = probe
-        val_accuracy[weight_decay] = accuracy(probe.predict(train_features[val_indices]), train_labels[val_indices])
-    # Highest validation accuracy; among equals the strongest regularisation.
-    best = max(weight_decays, key=lambda wd: (round(val_accuracy[wd], 6), wd))
+    probes, val_accuracy = _probes_scored_on_validation(train_features, train_labels, fit_indices, val_indices,
+                                                        weight_decays)
+    best = _best_weight_decay(val_accuracy)
     return fit_linear_probe(train_features, train_labels, best, init=probes[best]), val_accuracy
+
+
+def _probes_scored_on_validation(features, labels, fit_indices, val_indices, weight_decays):
+    """A probe per L2 strength fitted on ``fit_indices`` (strong to weak, each warm-started from the
+    last), and its accuracy on ``val_indices``."""
+    val_accuracy, probes, probe = {}, {}, None
+    for weight_decay in sorted(weight_decays, reverse=True):
+        probe = fit_linear_probe(features[fit_indices], labels[fit_indices], weight_decay, init=probe)
+        probes[weight_decay] = probe
+        val_accuracy[weight_decay] = accuracy(probe.predict(features[val_indices]), labels[val_indices])
+    return probes, val_accuracy
+
+
+def _best_weight_decay(val_accuracy: dict[float, float]) -> float:
+    """Highest validation accuracy; among equals the strongest regularisation."""
+    return max(val_accuracy, key=lambda wd: (round(val_accuracy[wd], 6), wd))
+
+
+def low_label_linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    fraction: float,
+    seed: int,
+    weight_decays: tuple[float, ...] = PROBE_WEIGHT_DECAYS,
+) -> dict:
+    """The frozen counterpart of ``fine_tune`` with the same labels: a linear probe fitted on the
+    low-label subset ``fine_tune_subset(train_labels, fraction, seed)`` of frozen features, its L2
+    strength chosen on the validation split (which the subset never overlaps).
+
+    Returns ``{"labels", "weight_decay", "test_accuracy"}``.
+    """
+    subset = fine_tune_subset(train_labels, fraction, seed)
+    _, val_indices = probe_validation_split(train_labels)
+    probes, val_accuracy = _probes_scored_on_validation(train_features, train_labels, subset, val_indices,
+                                                        weight_decays)
+    best = _best_weight_decay(val_accuracy)
+    return {"labels": len(subset), "weight_decay": best,
+            "test_accuracy": accuracy(probes[best].predict(test_features), test_labels)}
 
 
 def knn_predict(

@@ -20,6 +20,7 @@ from sslkit.evaluate import (
     fit_linear_probe,
     geometry,
     knn_predict,
+    low_label_linear_probe,
     macro_f1,
     per_class_accuracy,
     select_and_fit_linear_probe,
@@ -58,6 +59,26 @@ def test_probe_selection_prefers_validation_accuracy_and_round_trips_through_a_s
     assert torch.equal(restored.logits(features), probe.logits(features))
     with pytest.raises(ValueError, match=r"features \[N, 16\]"):
         probe.logits(features[:, :8])
+
+
+def test_low_label_probe_fits_the_fine_tuning_subset_and_chooses_on_the_validation_split(train_data):
+    labels = train_data[1]
+    centers = 3 * torch.randn(10, 16, generator=torch.Generator().manual_seed(0))
+    features = centers[labels] + 3.0 * torch.randn(len(labels), 16, generator=torch.Generator().manual_seed(1))
+    test_labels = torch.arange(1000) % 10
+    test_features = centers[test_labels] + 3.0 * torch.randn(1000, 16, generator=torch.Generator().manual_seed(2))
+    result = low_label_linear_probe(features, labels, test_features, test_labels, 0.01, seed=0,
+                                    weight_decays=(1e-4, 10.0))
+    # By hand: fit on exactly the fine-tuning subset, score both strengths on the validation split.
+    subset = fine_tune_subset(labels, 0.01, seed=0)
+    _, val_indices = validation_split(labels, 5000)
+    scores = {wd: accuracy(fit_linear_probe(features[subset], labels[subset], wd).predict(features[val_indices]),
+                           labels[val_indices]) for wd in (1e-4, 10.0)}
+    best = max(scores, key=scores.get)
+    assert result["labels"] == len(subset) == 600 and result["weight_decay"] == best
+    expected = accuracy(fit_linear_probe(features[subset], labels[subset], best).predict(test_features), test_labels)
+    assert result["test_accuracy"] == pytest.approx(expected, abs=1e-3)
+    assert 0.5 < result["test_accuracy"] < 1
 
 
 def test_knn_matches_a_brute_force_vote():
