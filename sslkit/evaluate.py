@@ -145,26 +145,22 @@ def select_and_fit_linear_probe(
     Returns the refitted probe and the validation accuracy of every candidate.
     """
     fit_indices, val_indices = probe_validation_split(train_labels)
-    probes, val_accuracy = _probes_scored_on_validation(train_features, train_labels, fit_indices, val_indices,
-                                                        weight_decays)
-    best = _best_weight_decay(val_accuracy)
-    return fit_linear_probe(train_features, train_labels, best, init=probes[best]), val_accuracy
+    best, val_accuracy = _best_probe_on_validation(train_features, train_labels, fit_indices, val_indices,
+                                                   weight_decays)
+    return fit_linear_probe(train_features, train_labels, best.weight_decay, init=best), val_accuracy
 
 
-def _probes_scored_on_validation(features, labels, fit_indices, val_indices, weight_decays):
-    """A probe per L2 strength fitted on ``fit_indices`` (strong to weak, each warm-started from the
-    last), and its accuracy on ``val_indices``."""
+def _best_probe_on_validation(features, labels, fit_indices, val_indices, weight_decays):
+    """``(probe, validation accuracies)``: a probe per L2 strength fitted on ``fit_indices`` (strong to
+    weak, each warm-started from the last) and scored on ``val_indices``; the one returned has the
+    highest validation accuracy, among equals the strongest regularisation."""
     val_accuracy, probes, probe = {}, {}, None
     for weight_decay in sorted(weight_decays, reverse=True):
         probe = fit_linear_probe(features[fit_indices], labels[fit_indices], weight_decay, init=probe)
         probes[weight_decay] = probe
         val_accuracy[weight_decay] = accuracy(probe.predict(features[val_indices]), labels[val_indices])
-    return probes, val_accuracy
-
-
-def _best_weight_decay(val_accuracy: dict[float, float]) -> float:
-    """Highest validation accuracy; among equals the strongest regularisation."""
-    return max(val_accuracy, key=lambda wd: (round(val_accuracy[wd], 6), wd))
+    best = max(val_accuracy, key=lambda wd: (round(val_accuracy[wd], 6), wd))
+    return probes[best], val_accuracy
 
 
 def low_label_linear_probe(
@@ -184,11 +180,9 @@ def low_label_linear_probe(
     """
     subset = fine_tune_subset(train_labels, fraction, seed)
     _, val_indices = probe_validation_split(train_labels)
-    probes, val_accuracy = _probes_scored_on_validation(train_features, train_labels, subset, val_indices,
-                                                        weight_decays)
-    best = _best_weight_decay(val_accuracy)
-    return {"labels": len(subset), "weight_decay": best,
-            "test_accuracy": accuracy(probes[best].predict(test_features), test_labels)}
+    best, _ = _best_probe_on_validation(train_features, train_labels, subset, val_indices, weight_decays)
+    return {"labels": len(subset), "weight_decay": best.weight_decay,
+            "test_accuracy": accuracy(best.predict(test_features), test_labels)}
 
 
 def knn_predict(
