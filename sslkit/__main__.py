@@ -12,16 +12,18 @@ from pathlib import Path
 import torch
 
 from . import __version__, distributed
-from .data import DataNotFoundError, load_fashion_mnist
+from .data import DataNotFoundError, load_digits_28, load_fashion_mnist
 from .evaluate import (
     FINE_TUNE_FRACTIONS,
     FINE_TUNE_SEEDS,
+    TRANSFER_REPEATS,
     FineTuneConfig,
     evaluate_features,
     evaluate_shipped,
     extract_features,
     geometry,
     label_efficiency,
+    transfer_probe,
 )
 from .methods import METHOD_CLASSES, JointEmbedding, build_method
 from .models import VIT_CONFIG, PixelFeatures, build_encoder, count_parameters
@@ -184,6 +186,7 @@ def pretrain(args: argparse.Namespace, device: torch.device) -> None:
     probe, results = evaluate_features(train_features, train_labels, test_features, test_labels)
     results["encoder_parameters"] = count_parameters(encoder)
     results["geometry"] = geometry(encoder, test_images, device=device)
+    results["transfer"] = measure_transfer(encoder, device, repeats=1 if args.limit else TRANSFER_REPEATS)
     if args.limit:
         results["limit"] = args.limit
     entry["results"] = results
@@ -277,6 +280,46 @@ def run_geometry(args: argparse.Namespace) -> None:
         measured = geometry(load_pretrained(name, device, args.weights), test_images, device=device)
         record_results(name, "geometry", measured, args.weights)
         print(f"{name:<12} {measured['alignment']:10.4f} {measured['uniformity']:11.4f}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- transfer
+
+
+def add_transfer_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "transfer",
+        help="linear probe of shipped encoders on a dataset none of them saw, recorded in the manifest",
+        description=(
+            "Compute the frozen features of METHOD's shipped encoder (or of every shipped method and baseline "
+            "with 'all') on scikit-learn's 1,797 handwritten digits (8x8, upsampled to 28x28; they ship with "
+            "scikit-learn), and score the linear probe by repeated stratified 5-fold cross-validation (3 repeats, "
+            "the L2 strength chosen inside each training fold). Stores mean and standard deviation under "
+            "results.transfer in the manifest."
+        ),
+    )
+    parser.add_argument("method", metavar="METHOD", help=f"one of {', '.join(METHODS + BASELINES)}, or all")
+    add_device_argument(parser)
+    add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    parser.add_argument("--repeats", type=positive_int, default=TRANSFER_REPEATS,
+                        help=f"shufflings of the 5-fold split (default {TRANSFER_REPEATS}; 1 for smoke runs)")
+    parser.set_defaults(handler=run_transfer)
+
+
+def measure_transfer(encoder: torch.nn.Module, device, repeats: int = TRANSFER_REPEATS) -> dict:
+    """``evaluate.transfer_probe`` on the encoder's features of the digits, with the dataset named."""
+    images, labels = load_digits_28()
+    features = extract_features(encoder, images, device=device)
+    measured = transfer_probe(features, labels, repeats=repeats)
+    return {"dataset": "scikit-learn digits, 8x8 upsampled to 28x28", **measured}
+
+
+def run_transfer(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    print(f"{'method':<12} {'digits, 5-fold CV %':>20}")
+    for name in shipped_names(args.method, args.weights):
+        measured = measure_transfer(load_pretrained(name, device, args.weights), device, args.repeats)
+        record_results(name, "transfer", measured, args.weights)
+        print(f"{name:<12} {100 * measured['mean']:13.2f} ± {100 * measured['std']:.2f}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------- finetune
@@ -467,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_geometry_parser(subparsers)
+    add_transfer_parser(subparsers)
     add_finetune_parser(subparsers)
     add_sweep_parser(subparsers)
     from .bench import add_bench_parser

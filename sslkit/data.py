@@ -193,3 +193,22 @@ def _proportional_quotas(counts: torch.Tensor, total: int) -> list[int]:
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``[N, 28, 28]`` → float ``[N, 1, 28, 28]`` in ``[0, 1]``, on the same device."""
     return images.unsqueeze(1).float().div_(255.0)
+
+
+def load_digits_28() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 handwritten digits, the transfer task (DESIGN.md §5), as Fashion-MNIST looks.
+
+    The 8×8 images ship with scikit-learn (no download). Their 17 grey levels (0 to 16, ink high)
+    are scaled to [0, 1] and upsampled bilinearly to 28×28, then stored as uint8 like Fashion-MNIST:
+    bright ink on a dark background.
+
+    Returns:
+        ``(images, labels)``: uint8 ``[1797, 28, 28]`` and int64 ``[1797]`` with digits 0 to 9.
+    """
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16
+    images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
+    return images.squeeze(1).mul(255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(digits.target).long()

@@ -144,6 +144,27 @@ def plot_per_class_accuracy(accuracies: dict[str, torch.Tensor | list[float]],
     return fig
 
 
+def plot_geometry(results: dict[str, dict], title: str = "Alignment and uniformity of the features") -> plt.Figure:
+    """Alignment against uniformity (Wang and Isola 2020), one labelled point per encoder.
+
+    ``results`` maps a label to a manifest entry's ``results`` (its ``geometry`` and
+    ``linear_probe``); the legend gives each one's linear-probe test accuracy. Lower left:
+    views close together and images spread over the sphere.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, result in results.items():
+        point = result["geometry"]
+        ax.scatter(point["uniformity"], point["alignment"], s=40,
+                   label=f"{label} (probe {100 * result['linear_probe']['test_accuracy']:.1f}%)")
+    ax.set_xlabel("uniformity (lower: more spread)")
+    ax.set_ylabel("alignment (lower: views closer)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def embed_2d(features: torch.Tensor, method: str = "tsne", seed: int = 0) -> np.ndarray:
     """2-D embedding of features ``[N, D]`` by t-SNE (perplexity 30, PCA init) or PCA."""
     x = features.double().numpy()

@@ -40,14 +40,20 @@ def geometry_cell(results: dict) -> str:
     return "–" if geometry is None else f"{geometry['alignment']:.3f} / {geometry['uniformity']:.2f}"
 
 
+def transfer_cell(results: dict) -> str:
+    """``mean ± std`` of the cross-validated linear probe on the digits (in %), or a dash."""
+    transfer = results.get("transfer")
+    return "–" if transfer is None else f"{100 * transfer['mean']:.2f} ± {100 * transfer['std']:.2f}"
+
+
 def results_table(manifest: dict) -> str:
     """A Markdown table: one row per shipped method, then the baselines, from manifest results."""
     entries = manifest.get("methods", {})
     header = (
         "| Method | Linear probe (test %) | Macro-F1 | kNN (test %) | Fine-tuned, 1% labels (test %) "
-        "| Fine-tuned, 10% labels (test %) | Alignment / uniformity "
+        "| Fine-tuned, 10% labels (test %) | Transfer: digits (5-fold CV %) | Alignment / uniformity "
         "| Feature dim | Encoder params | Epochs | Pretraining time | Trained on |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     rows = []
     for name in METHODS + BASELINES:
@@ -59,7 +65,8 @@ def results_table(manifest: dict) -> str:
         rows.append(
             f"| {DISPLAY_NAMES[name]} | {100 * results['linear_probe']['test_accuracy']:.2f} "
             f"| {results['linear_probe']['macro_f1']:.4f} | {100 * results['knn']['test_accuracy']:.2f} "
-            f"| {fine_tuned(results, '0.01')} | {fine_tuned(results, '0.1')} | {geometry_cell(results)} "
+            f"| {fine_tuned(results, '0.01')} | {fine_tuned(results, '0.1')} | {transfer_cell(results)} "
+            f"| {geometry_cell(results)} "
             f"| {results['feature_dim']} | {results['encoder_parameters']:,} | {entry['epochs']} "
             f"| {minutes} | {entry.get('device', '–')} |"
         )

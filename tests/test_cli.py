@@ -11,7 +11,8 @@ def sslkit(*args, env=None):
                           timeout=600)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "evaluate", "geometry", "finetune", "sweep", "bench", "results"])
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "geometry", "transfer", "finetune", "sweep", "bench",
+                                     "results"])
 def test_every_command_explains_its_options(command):
     result = sslkit(command, "--help")
     assert result.returncode == 0
@@ -69,6 +70,15 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     remeasured = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["geometry"]
     assert remeasured["alignment"] == pytest.approx(recorded["alignment"], abs=1e-4)
     assert remeasured["uniformity"] == pytest.approx(recorded["uniformity"], abs=1e-4)
+
+    # transfer re-measures what pretrain recorded (one shuffling of the 5 folds in a smoke run)
+    transfer = entry["results"]["transfer"]
+    assert transfer["folds"] == 5 and transfer["repeats"] == 1 and transfer["images"] == 1797
+    assert 0.1 < transfer["mean"] <= 1 and len(transfer["accuracies"]) == 5
+    transferred = sslkit("transfer", "simclr", "--weights", str(out), "--repeats", "1", "--device", "cpu")
+    assert transferred.returncode == 0, transferred.stderr
+    remeasured = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["transfer"]
+    assert remeasured == transfer
 
     # The batch-size experiment of notebook 05: learning rate scaled linearly, two seeds, diagnostics.
     swept = sslkit("sweep", "simclr", "batch_size", "32", "64", "--seeds", "0", "1", "--lr-scaling", "linear",

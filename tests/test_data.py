@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sslkit import data
-from sslkit.data import DataNotFoundError, load_fashion_mnist, low_label_subset, validation_split
+from sslkit.data import DataNotFoundError, load_digits_28, load_fashion_mnist, low_label_subset, validation_split
 
 
 def test_splits_have_the_documented_shapes(train_data, test_data):
@@ -65,3 +65,15 @@ def test_sslkit_data_takes_precedence_and_truncated_files_are_reported(tmp_path,
     monkeypatch.setenv("SSLKIT_DATA", str(folder))
     with pytest.raises(ValueError, match="truncated"):
         load_fashion_mnist("test")
+
+
+def test_the_transfer_digits_look_like_fashion_mnist():
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits_28()
+    assert images.shape == (1797, 28, 28) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.bincount().tolist() == torch.bincount(
+        torch.from_numpy(load_digits().target)).tolist()
+    # Ink is bright on a dark background, as in Fashion-MNIST: the corners are background.
+    assert images[:, 0, 0].float().mean() < 10 and images[:, 10:18, 10:18].float().mean() > 50
+    assert images.max() == 255

@@ -25,6 +25,7 @@ from sslkit.evaluate import (
     per_class_accuracy,
     select_and_fit_linear_probe,
     singular_values,
+    transfer_probe,
     uniformity,
 )
 from sslkit.models import build_encoder
@@ -214,3 +215,39 @@ def test_embedding_diagnostics_see_a_collapsed_projector(test_data):
     assert max(collapsed["embedding_std"]) == 0.0 and collapsed["embedding_effective_rank"] == 0.0
     assert healthy["embedding_effective_rank"] > 10 and min(healthy["embedding_std"]) > 0
     assert healthy["feature_singular_values"] == collapsed["feature_singular_values"]  # the encoder is untouched
+
+
+def test_transfer_probe_matches_scikit_learn_cross_validation_on_the_same_folds():
+    from sklearn.model_selection import RepeatedStratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features, labels = blobs(n=400, d=6, spread=3.0)  # overlapping clusters: accuracy well below 1
+    weight_decay = 1e-3  # one candidate, so the folds are comparable with a fixed C
+    result = transfer_probe(features, labels, folds=5, repeats=2, seed=3, weight_decays=(weight_decay,))
+    assert len(result["accuracies"]) == 10 and result["folds"] == 5 and result["repeats"] == 2
+    assert result["mean"] == pytest.approx(sum(result["accuracies"]) / 10, abs=1e-6)
+    assert result["std"] == pytest.approx(torch.tensor(result["accuracies"]).std().item(), abs=1e-6)
+
+    splits = RepeatedStratifiedKFold(n_splits=5, n_repeats=2, random_state=3).split(features.numpy(), labels.numpy())
+    expected = []
+    for train_indices, test_indices in splits:
+        # Our objective, mean cross-entropy + wd·‖W‖², is scikit-learn's with C = 1 / (2 · wd · n).
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (2 * weight_decay * len(train_indices)),
+                                                                   max_iter=2000))
+        model.fit(features[train_indices].numpy(), labels[train_indices].numpy())
+        expected.append(model.score(features[test_indices].numpy(), labels[test_indices].numpy()))
+    assert 0.5 < result["mean"] < 0.98
+    assert result["accuracies"] == pytest.approx(expected, abs=0.02)
+    assert result["mean"] == pytest.approx(sum(expected) / len(expected), abs=0.005)
+
+
+def test_transfer_probe_is_seeded_and_chooses_its_strength_inside_the_training_folds():
+    features, labels = blobs(n=300, d=6, spread=2.0)
+    first = transfer_probe(features, labels, repeats=1)
+    assert first == transfer_probe(features, labels, repeats=1)
+    assert first != transfer_probe(features, labels, repeats=1, seed=1)
+    noise = torch.randn(300, 6, generator=torch.Generator().manual_seed(1))
+    assert transfer_probe(noise, labels, repeats=1)["mean"] < 0.25  # nothing to find: near chance (10%)
+    with pytest.raises(ValueError, match="300 feature rows but 299 labels"):
+        transfer_probe(features, labels[:299])
