@@ -201,6 +201,11 @@ def add_bench_parser(subparsers) -> None:
                         help="methods whose training step is timed (default: all trainable)")
     parser.add_argument("--compile", action="store_true",
                         help="time the training step through torch.compile (the first, untimed epoch compiles)")
+    parser.add_argument("--record", action="store_true",
+                        help="store each method's training cost under results.cost in the manifest (the README's "
+                             "cost columns); only shipped methods are recorded")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="folder with manifest.json for --record (default: $SSLKIT_WEIGHTS or weights/)")
     parser.set_defaults(handler=run_bench)
 
 
@@ -226,4 +231,31 @@ def run_bench(args: argparse.Namespace) -> int:
         memory = f", {memory_kind} {result['peak_memory_mib']:.0f} MiB"
         print(f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
               f"(~{result['seconds_per_epoch']:.0f} s per epoch of 60,000 images){memory}")
+    if args.record:
+        record_costs(training, describe_device(device), args)
     return 0
+
+
+def record_costs(training: dict, device: str, args: argparse.Namespace) -> None:
+    """Store one bench run's training cost in the manifest entry of every shipped method it timed.
+
+    All methods of one run share the device, the batch size and the command, so the costs in the
+    README are comparable with each other (never with a run on another machine)."""
+    import shlex
+    import sys
+
+    from .weights import load_manifest, record_results
+
+    shipped = load_manifest(args.weights)["methods"]
+    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    recorded = []
+    for name, result in training.items():
+        if name not in shipped:
+            continue
+        cost = {"images_per_second": round(result["images_per_second"], 1),
+                "seconds_per_epoch": round(result["seconds_per_epoch"], 1),
+                "peak_memory_mib": round(result["peak_memory_mib"], 1),
+                "device": device, "batch_size": args.batch_size, "steps": args.steps, "command": command}
+        record_results(name, "cost", cost, args.weights)
+        recorded.append(name)
+    print(f"\nrecorded results.cost for {', '.join(recorded) or 'no shipped method'}")

@@ -46,14 +46,34 @@ def transfer_cell(results: dict) -> str:
     return "–" if transfer is None else f"{100 * transfer['mean']:.2f} ± {100 * transfer['std']:.2f}"
 
 
+def cost_cells(results: dict) -> str:
+    """``images/s | s per epoch`` of the training step from the recorded bench run, or dashes."""
+    cost = results.get("cost")
+    return "– | –" if cost is None else f"{cost['images_per_second']:,.0f} | {cost['seconds_per_epoch']:.0f}"
+
+
+def bench_note(manifest: dict) -> str:
+    """The line under the table that says where and how the costs were measured."""
+    costs = [entry["results"]["cost"] for entry in manifest.get("methods", {}).values() if "cost" in entry["results"]]
+    if not costs:
+        return "Cost columns: not measured yet (`python -m sslkit bench --record`)."
+    runs = {(cost["device"], cost["command"]) for cost in costs}
+    if len(runs) > 1:
+        raise ValueError("the recorded costs come from more than one bench run; re-run `python -m sslkit bench "
+                         "--record` for all methods at once so that they are comparable")
+    device, command = runs.pop()
+    return (f"Cost columns: training images/s (one image = all its views) and seconds per epoch of 60,000 "
+            f"images, measured side by side in one run of `{command}` on {device}.")
+
+
 def results_table(manifest: dict) -> str:
     """A Markdown table: one row per shipped method, then the baselines, from manifest results."""
     entries = manifest.get("methods", {})
     header = (
         "| Method | Linear probe (test %) | Macro-F1 | kNN (test %) | Fine-tuned, 1% labels (test %) "
         "| Fine-tuned, 10% labels (test %) | Transfer: digits (5-fold CV %) | Alignment / uniformity "
-        "| Feature dim | Encoder params | Epochs | Pretraining time | Trained on |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| Feature dim | Encoder params | Epochs | Images/s (bench) | s / epoch (bench) | Trained on |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     rows = []
     for name in METHODS + BASELINES:
@@ -61,16 +81,15 @@ def results_table(manifest: dict) -> str:
             continue
         entry = entries[name]
         results = entry["results"]
-        minutes = f"{entry['wall_time_seconds'] / 60:.0f} min" if entry.get("wall_time_seconds") else "–"
         rows.append(
             f"| {DISPLAY_NAMES[name]} | {100 * results['linear_probe']['test_accuracy']:.2f} "
             f"| {results['linear_probe']['macro_f1']:.4f} | {100 * results['knn']['test_accuracy']:.2f} "
             f"| {fine_tuned(results, '0.01')} | {fine_tuned(results, '0.1')} | {transfer_cell(results)} "
             f"| {geometry_cell(results)} "
             f"| {results['feature_dim']} | {results['encoder_parameters']:,} | {entry['epochs']} "
-            f"| {minutes} | {entry.get('device', '–')} |"
+            f"| {cost_cells(results)} | {entry.get('device', '–')} |"
         )
-    return "\n".join([header, *rows])
+    return "\n".join([header, *rows, "", bench_note(manifest)])
 
 
 def render_readme(readme_text: str, table: str) -> str:

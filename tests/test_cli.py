@@ -112,13 +112,35 @@ def test_readme_results_table_matches_the_manifest():
     assert result.returncode == 0, result.stderr
 
 
-def test_bench_runs_and_prints_the_ratios():
+def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(tmp_path):
+    from sslkit.results import results_table
+    from sslkit.weights import weights_dir
+
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
     result = sslkit("bench", "--device", "cpu", "--batch-size", "32", "--batches", "2", "--steps", "1",
-                    "--methods", "simclr")
+                    "--methods", "simclr", "rotation", "--record", "--weights", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "x the DataLoader path" in result.stdout and "sslkit / kornia" in result.stdout
     assert "simclr" in result.stdout and "images/s" in result.stdout
     assert "peak rise of resident memory" in result.stdout  # CPU memory, as CUDA's allocator peak on a GPU
+    assert "recorded results.cost for simclr, rotation" in result.stdout
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    costs = {name: manifest["methods"][name]["results"].get("cost") for name in ("simclr", "rotation", "dcl")}
+    assert costs["dcl"] is None and costs["simclr"]["command"] == costs["rotation"]["command"]
+    for name in ("simclr", "rotation"):
+        cost = costs[name]
+        assert cost["batch_size"] == 32 and cost["images_per_second"] > 0
+        assert cost["seconds_per_epoch"] == pytest.approx(60_000 // 32 * 32 / cost["images_per_second"], rel=0.01)
+    table = results_table(manifest)
+    simclr_row = next(line for line in table.splitlines() if line.startswith("| SimCLR |"))
+    assert f"| {costs['simclr']['images_per_second']:,.0f} | {costs['simclr']['seconds_per_epoch']:.0f} |" in simclr_row
+    dcl_row = next(line for line in table.splitlines() if line.startswith("| DCL |"))
+    assert dcl_row.endswith(f"| – | – | {manifest['methods']['dcl']['device']} |")  # not timed in this run
+    assert f"one run of `{costs['simclr']['command']}`" in table
+    manifest["methods"]["rotation"]["results"]["cost"]["device"] = "another machine"
+    with pytest.raises(ValueError, match="more than one bench run"):
+        results_table(manifest)
 
 
 def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
