@@ -1,4 +1,5 @@
-"""Command line: ``python -m sslkit pretrain | evaluate | bench | results`` (``--help`` on each)."""
+"""Command line: ``python -m sslkit pretrain | evaluate | geometry | transfer | finetune | sweep | bench | results``
+(``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, distributed
-from .data import DataNotFoundError, load_digits_28, load_fashion_mnist
+from .data import DataNotFoundError, load_fashion_mnist
 from .evaluate import (
     FINE_TUNE_FRACTIONS,
     FINE_TUNE_SEEDS,
@@ -23,10 +24,11 @@ from .evaluate import (
     extract_features,
     geometry,
     label_efficiency,
-    transfer_probe,
+    transfer_digits,
 )
 from .methods import METHOD_CLASSES, JointEmbedding, build_method
 from .models import VIT_CONFIG, PixelFeatures, build_encoder, count_parameters
+from .results import README, render_readme, results_table
 from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
 from .weights import (
     BASELINES,
@@ -186,7 +188,7 @@ def pretrain(args: argparse.Namespace, device: torch.device) -> None:
     probe, results = evaluate_features(train_features, train_labels, test_features, test_labels)
     results["encoder_parameters"] = count_parameters(encoder)
     results["geometry"] = geometry(encoder, test_images, device=device)
-    results["transfer"] = measure_transfer(encoder, device, repeats=1 if args.limit else TRANSFER_REPEATS)
+    results["transfer"] = transfer_digits(encoder, device, repeats=1 if args.limit else TRANSFER_REPEATS)
     if args.limit:
         results["limit"] = args.limit
     entry["results"] = results
@@ -305,19 +307,11 @@ def add_transfer_parser(subparsers) -> None:
     parser.set_defaults(handler=run_transfer)
 
 
-def measure_transfer(encoder: torch.nn.Module, device, repeats: int = TRANSFER_REPEATS) -> dict:
-    """``evaluate.transfer_probe`` on the encoder's features of the digits, with the dataset named."""
-    images, labels = load_digits_28()
-    features = extract_features(encoder, images, device=device)
-    measured = transfer_probe(features, labels, repeats=repeats)
-    return {"dataset": "scikit-learn digits, 8x8 upsampled to 28x28", **measured}
-
-
 def run_transfer(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     print(f"{'method':<12} {'digits, 5-fold CV %':>20}")
     for name in shipped_names(args.method, args.weights):
-        measured = measure_transfer(load_pretrained(name, device, args.weights), device, args.repeats)
+        measured = transfer_digits(load_pretrained(name, device, args.weights), device, args.repeats)
         record_results(name, "transfer", measured, args.weights)
         print(f"{name:<12} {100 * measured['mean']:13.2f} ± {100 * measured['std']:.2f}", flush=True)
 
@@ -497,6 +491,77 @@ def run_sweep(args: argparse.Namespace) -> None:
     record(runs)
 
 
+# ---------------------------------------------------------------------------------------- results
+
+
+def add_results_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "results",
+        help="re-measure every shipped encoder, record it, and regenerate README.md's results table",
+        description=(
+            "For every shipped method and baseline: check that the shipped probe and kNN reproduce the manifest's "
+            "test accuracies (a mismatch is an error), measure and record alignment/uniformity and the transfer "
+            "to the digits; then write the results table between the markers in README.md from the manifest. "
+            "Fine-tuning results come from `finetune` and costs from `bench --record`, which take much longer. "
+            "With --table-only, only the table is written; with --check, nothing is written and the exit status "
+            "is 1 if README.md is out of date."
+        ),
+    )
+    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument("--table-only", action="store_true", help="regenerate the table without measuring")
+    parser.add_argument("--readme", type=Path, default=README, help="README file (default: the repository's)")
+    add_device_argument(parser)
+    add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    add_limit_argument(parser, "use only the first N training and test images, and one shuffling of the "
+                               "transfer folds (smoke runs and tests; needs weights published with the same limit)")
+    parser.set_defaults(handler=run_results)
+
+
+def measure_all(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    train_data, test_data = load_splits(args.limit)
+    print(f"{'method':<12} {'probe %':>8} {'kNN %':>7} {'alignment':>10} {'uniformity':>11} {'digits %':>15} {'s':>5}")
+    for name in shipped_names("all", args.weights):
+        started = time.perf_counter()
+        measured = evaluate_shipped(name, train_data, test_data, device, args.weights)
+        recorded = manifest_entry(name, args.weights)["results"]
+        for key, value in (("linear_probe", measured["linear_probe"]), ("knn", measured["knn"])):
+            if abs(value - recorded[key]["test_accuracy"]) > 0.002:
+                raise ValueError(f"{name}: {key} test accuracy {100 * value:.2f}% differs from the manifest's "
+                                 f"{100 * recorded[key]['test_accuracy']:.2f}%; the weights and their record disagree "
+                                 f"(republish them with `{manifest_entry(name, args.weights)['command']}`)")
+        encoder = load_pretrained(name, device, args.weights)
+        measured_geometry = geometry(encoder, test_data[0], device=device)
+        transfer = transfer_digits(encoder, device, repeats=1 if args.limit else TRANSFER_REPEATS)
+        record_results(name, "geometry", measured_geometry, args.weights)
+        record_results(name, "transfer", transfer, args.weights)
+        print(f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * measured['knn']:7.2f} "
+              f"{measured_geometry['alignment']:10.4f} {measured_geometry['uniformity']:11.4f} "
+              f"{100 * transfer['mean']:8.2f} ± {100 * transfer['std']:4.2f} {time.perf_counter() - started:5.0f}",
+              flush=True)
+
+
+def run_results(args: argparse.Namespace) -> int:
+    if args.check and args.table_only:
+        raise ValueError("--check and --table-only exclude each other")
+    current = args.readme.read_text()
+    if args.check:
+        if render_readme(current, results_table(load_manifest(args.weights))) != current:
+            print(f"{args.readme}: the results table is out of date; run `python -m sslkit results --table-only`",
+                  file=sys.stderr)
+            return 1
+        print(f"{args.readme}: the results table matches the manifest")
+        return 0
+    if not args.table_only:
+        started = time.perf_counter()
+        measure_all(args)
+        print(f"measured in {time.perf_counter() - started:.0f} s")
+    table = results_table(load_manifest(args.weights))
+    args.readme.write_text(render_readme(current, table))
+    print(table)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- main
 
 
@@ -514,7 +579,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(subparsers)
     add_sweep_parser(subparsers)
     from .bench import add_bench_parser
-    from .results import add_results_parser
 
     add_bench_parser(subparsers)
     add_results_parser(subparsers)

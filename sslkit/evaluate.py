@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import SIMCLR_AUGMENT, AugmentConfig, augment
-from .data import NUM_CLASSES, VALIDATION_SIZE, low_label_subset, to_float, validation_split
+from .data import NUM_CLASSES, VALIDATION_SIZE, load_digits_28, low_label_subset, to_float, validation_split
 from .weights import load_pretrained, load_probe
 
 PROBE_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -233,6 +233,16 @@ def transfer_probe(
         "seed": seed,
         "images": len(labels),
     }
+
+
+def transfer_digits(
+    encoder: torch.nn.Module, device: str | torch.device = "cpu", repeats: int = TRANSFER_REPEATS
+) -> dict:
+    """``transfer_probe`` on the encoder's frozen features of ``data.load_digits_28``, the dataset named."""
+    images, labels = load_digits_28()
+    features = extract_features(encoder, images, device=device)
+    measured = transfer_probe(features, labels, repeats=repeats)
+    return {"dataset": "scikit-learn digits, 8x8 upsampled to 28x28", **measured}
 
 
 def knn_predict(
