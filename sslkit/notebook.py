@@ -138,42 +138,59 @@ def print_label_efficiency(names: list[str] | tuple[str, ...]) -> dict[str, dict
     return results
 
 
-def print_gain_over_scratch(
-    results: dict[str, dict], name: str, scratch: str = "random"
-) -> dict[str, dict[str, float]]:
+def gain_over_scratch(results: dict[str, dict], name: str, scratch: str = "random") -> dict[str, dict[str, float]]:
     """For each label fraction: how much starting from ``name``'s encoder helps fine-tuning.
 
     ``results`` holds the label-efficiency results of ``name`` and of ``scratch``, the same network
     with random weights (``"random"``, or ``"random_vit"`` for MAE) (as returned by
-    ``print_label_efficiency`` or ``evaluate.label_efficiency``). Prints, per fraction, the
-    difference of the mean test accuracies with its standard error and Welch's t-test over the
-    seeds (with three seeds a difference of means says little on its own), and the difference of
-    the mean validation accuracies at the first and at the last point of the learning curves: a
-    head start that training from scratch catches up with shows there and not in the end point.
+    ``print_label_efficiency`` or ``evaluate.label_efficiency``). With three seeds a difference of
+    means says little on its own, so each fraction also gets the standard error of the difference
+    and Welch's t-test over the seeds, and the difference of the mean validation accuracies at the
+    first and at the last point of the learning curves: a head start that training from scratch
+    catches up with shows there and not in the end point.
 
     Returns:
-        ``{fraction: {"gain", "standard_error", "p_value", "first_gap", "last_gap"}}``, accuracies
-        as fractions.
+        ``{fraction: {"gain", "standard_error", "p_value", "first_gap", "last_gap", "labels",
+        "first_step", "last_step"}}``, accuracies as fractions.
     """
     comparison = {}
     for fraction, result in results[name]["fractions"].items():
         reference = results[scratch]["fractions"][fraction]
         ours, theirs = np.array(result["test_accuracy"]), np.array(reference["test_accuracy"])
-        gain = float(ours.mean() - theirs.mean())
-        standard_error = float(np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs)))
-        p_value = float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue)
         curves = [np.array([[p["validation_accuracy"] for p in curve] for curve in r["curves"]]).mean(axis=0)
                   for r in (result, reference)]
         steps = [point["step"] for point in result["curves"][0]]
-        first_gap, last_gap = float(curves[0][0] - curves[1][0]), float(curves[0][-1] - curves[1][-1])
-        comparison[fraction] = {"gain": gain, "standard_error": standard_error, "p_value": p_value,
-                                "first_gap": first_gap, "last_gap": last_gap}
-        verdict = "significant" if p_value < 0.05 else "not significant"
-        p_text = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+        comparison[fraction] = {
+            "gain": float(ours.mean() - theirs.mean()),
+            "standard_error": float(np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs))),
+            "p_value": float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue),
+            "first_gap": float(curves[0][0] - curves[1][0]),
+            "last_gap": float(curves[0][-1] - curves[1][-1]),
+            "labels": result["labels"], "first_step": steps[0], "last_step": steps[-1],
+            "mean": float(ours.mean()), "scratch_mean": float(theirs.mean()), "seeds": (len(ours), len(theirs)),
+        }
+    return comparison
+
+
+def p_value_text(p_value: float) -> str:
+    """``p < 0.001`` or ``p = 0.034``."""
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+
+
+def print_gain_over_scratch(
+    results: dict[str, dict], name: str, scratch: str = "random"
+) -> dict[str, dict[str, float]]:
+    """``gain_over_scratch``, printed: per fraction, the difference of the mean test accuracies with
+    its standard error, Welch's t-test, and the gaps at the first and last point of the learning
+    curves. Returns what ``gain_over_scratch`` returns."""
+    comparison = gain_over_scratch(results, name, scratch)
+    for fraction, result in comparison.items():
+        verdict = "significant" if result["p_value"] < 0.05 else "not significant"
         print(f"{float(fraction):.0%} of the labels ({result['labels']:,} images): "
-              f"test {name} {100 * ours.mean():.2f}% − from scratch {100 * theirs.mean():.2f}% = "
-              f"{100 * gain:+.2f} ± {100 * standard_error:.2f} points")
-        print(f"    Welch's t-test over {len(ours)} + {len(theirs)} seeds: {p_text}, {verdict} at 5%\n"
-              f"    validation accuracy, mean over seeds: {100 * first_gap:+.1f} points at step {steps[0]}, "
-              f"{100 * last_gap:+.1f} at step {steps[-1]}")
+              f"test {name} {100 * result['mean']:.2f}% − from scratch {100 * result['scratch_mean']:.2f}% = "
+              f"{100 * result['gain']:+.2f} ± {100 * result['standard_error']:.2f} points")
+        print(f"    Welch's t-test over {result['seeds'][0]} + {result['seeds'][1]} seeds: "
+              f"{p_value_text(result['p_value'])}, {verdict} at 5%\n"
+              f"    validation accuracy, mean over seeds: {100 * result['first_gap']:+.1f} points at step "
+              f"{result['first_step']}, {100 * result['last_gap']:+.1f} at step {result['last_step']}")
     return comparison
