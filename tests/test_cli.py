@@ -119,7 +119,7 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert all(row.count("|") == rows[0].count("|") for row in rows)  # every row has every column
     entries = json.loads((out / "manifest.json").read_text())["methods"]
     assert all(f"{100 * entries[name]['results']['transfer']['mean']:.2f} ± " in row
-               for name, row in zip(("simclr", "random"), rows[1:]))
+               for name, row in zip(("simclr", "random"), rows[1:], strict=True))
     assert sslkit("results", "--check", "--readme", str(readme), "--weights", str(out)).returncode == 0
 
     (out / "simclr.pth").write_bytes((out / "simclr.pth").read_bytes()[:-10])  # truncated download

@@ -80,7 +80,7 @@ def test_mae_meets_its_bar_with_the_common_budget_and_beats_the_random_vit():
     assert entry["config"]["encoder"] == MANIFEST["random_vit"]["config"]["encoder"]  # the same ViT
 
 
-@pytest.mark.parametrize("name", ["autoencoder", "vae", "rotation", "mae", "random", "random_vit"])
+@pytest.mark.parametrize("name", ["autoencoder", "vae", "rotation", "simclr", "dcl", "mae", "random", "random_vit"])
 def test_fine_tuning_results_are_complete_and_consistent(name):
     fine_tune = MANIFEST[name]["results"]["fine_tune"]
     assert "limit" not in fine_tune, "fine-tuning results must use the full splits"
@@ -127,3 +127,17 @@ def test_the_notebooks_sweeps_are_real_runs(name, param, shipped_value):
     values = [run["value"] for run in sweep["runs"]]
     assert len(values) >= 3 and shipped_value in values
     assert all(0.5 < run["validation_accuracy"] < 1 for run in sweep["runs"])
+
+
+@pytest.mark.parametrize("name", ["simclr", "dcl"])
+def test_the_batch_size_experiment_is_complete(name):
+    """Notebook 05's experiment: 4 batch sizes x 2 seeds, the same epochs, lr = recipe lr x B / 256."""
+    sweep = MANIFEST[name]["results"]["sweeps"]["batch_size"]
+    assert "smoke" not in sweep and sweep["lr_scaling"] == "linear"
+    other = MANIFEST["simclr" if name == "dcl" else "dcl"]["results"]["sweeps"]["batch_size"]
+    assert all(sweep[key] == other[key] for key in ("epochs", "warmup_epochs"))  # the same runs for both losses
+    runs = {(run["value"], run["seed"]): run for run in sweep["runs"]}
+    assert set(runs) == {(b, seed) for b in (32, 64, 128, 256) for seed in (0, 1)}
+    for (batch_size, _), run in runs.items():
+        assert run["lr"] == pytest.approx(0.1 * batch_size / 256)
+        assert 0.5 < run["validation_accuracy"] < 1
