@@ -14,11 +14,13 @@ from scipy import stats
 
 from .data import CLASS_NAMES
 from .evaluate import (
+    FINE_TUNE_SEEDS,
     LinearProbe,
     accuracy,
     confusion_matrix,
     extract_features,
     knn_predict,
+    low_label_linear_probe,
     macro_f1,
     per_class_accuracy,
     select_and_fit_linear_probe,
@@ -194,3 +196,41 @@ def print_gain_over_scratch(
               f"    validation accuracy, mean over seeds: {100 * result['first_gap']:+.1f} points at step "
               f"{result['first_step']}, {100 * result['last_gap']:+.1f} at step {result['last_step']}")
     return comparison
+
+
+def print_frozen_against_fine_tuned(
+    evaluation: FrozenEvaluation,
+    train_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    fine_tune: dict[str, dict],
+    name: str,
+    label: str,
+    scratch: str = "random",
+    scratch_label: str = "from scratch",
+) -> dict[str, torch.Tensor]:
+    """The frozen encoder against fine-tuning, with the same labels.
+
+    For each fraction and seed of ``fine_tune[name]`` (label-efficiency results), a linear probe
+    on the frozen features of exactly that fine-tuning subset (``evaluate.low_label_linear_probe``,
+    L2 strength chosen on the validation split); printed beside the fine-tuned encoder and the same
+    network from scratch (``fine_tune[scratch]``), and the shipped probe on all labels.
+
+    Returns:
+        ``{fraction: test accuracies of the frozen probe, one per seed}``.
+    """
+    frozen = {}
+    for fraction in fine_tune[name]["fractions"]:
+        frozen[fraction] = torch.tensor([
+            low_label_linear_probe(evaluation.train_features, train_labels, evaluation.test_features, test_labels,
+                                   float(fraction), seed)["test_accuracy"] for seed in FINE_TUNE_SEEDS])
+    headers = [f"{label}, frozen + linear probe", f"{label}, fine-tuned", scratch_label]
+    print(f"{'labels':>7} " + " ".join(f"{header:>{len(header) + 1}}" for header in headers))
+    for fraction, runs in frozen.items():
+        tuned, reference = fine_tune[name]["fractions"][fraction], fine_tune[scratch]["fractions"][fraction]
+        cells = [(runs.mean().item(), runs.std().item()), (tuned["mean"], tuned["std"]),
+                 (reference["mean"], reference["std"])]
+        print(f"{float(fraction):>7.0%} " + " ".join(
+            f"{100 * mean:>{len(header) - 6}.2f} ± {100 * std:4.2f}" for header, (mean, std) in zip(headers, cells,
+                                                                                                  strict=True)))
+    print(f"{'100%':>7} {100 * evaluation.probe_accuracy:>{len(headers[0]) - 6}.2f} (the shipped probe)")
+    return frozen

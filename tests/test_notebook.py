@@ -4,7 +4,8 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from sslkit.notebook import FrozenEvaluation, print_gain_over_scratch, setup
+from sslkit.evaluate import low_label_linear_probe
+from sslkit.notebook import FrozenEvaluation, print_frozen_against_fine_tuned, print_gain_over_scratch, setup
 
 
 def _results(ours, scratch, labels=600):
@@ -75,3 +76,23 @@ def test_frozen_evaluation_reports_per_class_accuracy_and_the_largest_confusions
     out = capsys.readouterr().out
     assert "Shirt        probe  40.0%   kNN 100.0%" in out and "Shirt taken for T-shirt/top: 4 test images" in out
     plt.close("all")
+
+
+def test_frozen_against_fine_tuned_fits_the_probe_on_each_fine_tuning_subset(capsys):
+    generator = torch.Generator().manual_seed(0)
+    train_labels, test_labels = torch.arange(2000) % 10, torch.arange(500) % 10
+    centers = 3 * torch.randn(10, 8, generator=generator)
+    train_features = centers[train_labels] + 2 * torch.randn(2000, 8, generator=generator)
+    test_features = centers[test_labels] + 2 * torch.randn(500, 8, generator=generator)
+    evaluation = FrozenEvaluation(train_features, test_features, None, None, None, 0.9, 0.8)
+    fine_tune = {name: {"fractions": {"0.1": {"mean": mean, "std": 0.01}}}
+                 for name, mean in (("vae", 0.8), ("random", 0.7))}
+    frozen = print_frozen_against_fine_tuned(evaluation, train_labels, test_labels, fine_tune, "vae", "VAE")
+    expected = [low_label_linear_probe(train_features, train_labels, test_features, test_labels, 0.1, seed)[
+        "test_accuracy"] for seed in (0, 1, 2)]
+    assert frozen["0.1"].tolist() == pytest.approx(expected)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == " labels  VAE, frozen + linear probe  VAE, fine-tuned  from scratch"
+    assert lines[1].startswith("    10% ") and "80.00 ± 1.00" in lines[1] and "70.00 ± 1.00" in lines[1]
+    assert len(lines[1]) == len(lines[0])  # the columns line up under their headers
+    assert lines[2] == f"   100% {90.0:>20.2f} (the shipped probe)"
