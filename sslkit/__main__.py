@@ -523,14 +523,14 @@ def measure_all(args: argparse.Namespace) -> None:
     print(f"{'method':<12} {'probe %':>8} {'kNN %':>7} {'alignment':>10} {'uniformity':>11} {'digits %':>15} {'s':>5}")
     for name in shipped_names("all", args.weights):
         started = time.perf_counter()
-        measured = evaluate_shipped(name, train_data, test_data, device, args.weights)
+        encoder = load_pretrained(name, device, args.weights)
+        measured = evaluate_shipped(name, train_data, test_data, device, args.weights, encoder=encoder)
         recorded = manifest_entry(name, args.weights)["results"]
         for key, value in (("linear_probe", measured["linear_probe"]), ("knn", measured["knn"])):
             if abs(value - recorded[key]["test_accuracy"]) > 0.002:
                 raise ValueError(f"{name}: {key} test accuracy {100 * value:.2f}% differs from the manifest's "
                                  f"{100 * recorded[key]['test_accuracy']:.2f}%; the weights and their record disagree "
                                  f"(republish them with `{manifest_entry(name, args.weights)['command']}`)")
-        encoder = load_pretrained(name, device, args.weights)
         measured_geometry = geometry(encoder, test_data[0], device=device)
         transfer = transfer_digits(encoder, device, repeats=1 if args.limit else TRANSFER_REPEATS)
         record_results(name, "geometry", measured_geometry, args.weights)

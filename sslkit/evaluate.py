@@ -326,13 +326,15 @@ def evaluate_shipped(
     test_data: tuple[torch.Tensor, torch.Tensor],
     device: str | torch.device = "cpu",
     directory=None,
+    encoder: torch.nn.Module | None = None,
 ) -> dict:
     """Re-measure shipped weights: test accuracy of the shipped probe, macro-F1, and kNN.
 
     Only features are computed; the probe is the one fitted when the weights were published, so
-    the accuracy reproduces the manifest's.
+    the accuracy reproduces the manifest's. ``encoder``: ``name``'s shipped encoder if the caller
+    has already loaded it (loaded and verified here otherwise).
     """
-    encoder = load_pretrained(name, device, directory)
+    encoder = encoder if encoder is not None else load_pretrained(name, device, directory)
     probe = load_probe(name, directory)
     train_features = extract_features(encoder, train_data[0], device=device)
     test_features = extract_features(encoder, test_data[0], device=device)
