@@ -240,22 +240,28 @@ def record_costs(training: dict, device: str, args: argparse.Namespace) -> None:
     """Store one bench run's training cost in the manifest entry of every shipped method it timed.
 
     All methods of one run share the device, the batch size and the command, so the costs in the
-    README are comparable with each other (never with a run on another machine)."""
+    README are comparable with each other (never with a run on another machine). Costs an earlier
+    run recorded for methods this run did not time are removed, so the table never mixes runs."""
     import shlex
     import sys
 
-    from .weights import load_manifest, record_results
+    from .weights import manifest_update
 
-    shipped = load_manifest(args.weights)["methods"]
     command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    recorded = []
-    for name, result in training.items():
-        if name not in shipped:
-            continue
-        cost = {"images_per_second": round(result["images_per_second"], 1),
+    with manifest_update(args.weights) as manifest:
+        shipped = manifest.get("methods", {})
+        recorded = [name for name in training if name in shipped]
+        removed = [name for name in shipped if name not in training and "cost" in shipped[name].get("results", {})]
+        for name in removed:
+            del shipped[name]["results"]["cost"]
+        for name in recorded:
+            result = training[name]
+            shipped[name].setdefault("results", {})["cost"] = {
+                "images_per_second": round(result["images_per_second"], 1),
                 "seconds_per_epoch": round(result["seconds_per_epoch"], 1),
                 "peak_memory_mib": round(result["peak_memory_mib"], 1),
                 "device": device, "batch_size": args.batch_size, "steps": args.steps, "command": command}
-        record_results(name, "cost", cost, args.weights)
-        recorded.append(name)
     print(f"\nrecorded results.cost for {', '.join(recorded) or 'no shipped method'}")
+    if removed:
+        print(f"removed the costs of {', '.join(removed)}: an earlier bench run measured them, and one table "
+              "compares one run; time them again with --methods to restore them")
