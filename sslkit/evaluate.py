@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .augment import SIMCLR_AUGMENT, AugmentConfig, augment
 from .data import NUM_CLASSES, VALIDATION_SIZE, load_digits_28, low_label_subset, to_float, validation_split
-from .weights import load_pretrained, load_probe
+from .weights import load_pretrained, load_probe, manifest_entry
 
 PROBE_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 KNN_K = 200
@@ -467,6 +467,50 @@ def embedding_diagnostics(method: torch.nn.Module, images: torch.Tensor, block: 
         "feature_singular_values": rounded(feature_spectrum),
         "feature_effective_rank": round(effective_rank(feature_spectrum), 3),
     }
+
+
+# ----------------------------------------------------------------------------- reproducing the manifest
+
+REPRODUCTION_TOLERANCE = 0.002  # 0.2 points: features on another device or torch build differ in the last bits
+
+
+def differences_from_manifest(
+    name: str, measured: dict, directory=None, tolerance: float = REPRODUCTION_TOLERANCE
+) -> list[str]:
+    """The test accuracies of ``evaluate_shipped`` that differ from the manifest's by more than
+    ``tolerance``, one sentence each; empty when the shipped weights reproduce their record."""
+    recorded = manifest_entry(name, directory)["results"]
+    return [
+        f"{name}: {key} test accuracy {100 * measured[key]:.2f}% differs from the manifest's "
+        f"{100 * recorded[key]['test_accuracy']:.2f}%"
+        for key in ("linear_probe", "knn")
+        if abs(measured[key] - recorded[key]["test_accuracy"]) > tolerance
+    ]
+
+
+def remeasure_shipped(
+    name: str,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    device: str | torch.device = "cpu",
+    directory=None,
+    transfer_repeats: int = TRANSFER_REPEATS,
+) -> dict:
+    """Everything ``python -m sslkit results`` measures of one shipped encoder, loaded once.
+
+    The shipped probe and kNN must reproduce the manifest (``ValueError`` otherwise: the weights and
+    their record disagree); alignment/uniformity on ``test_data``'s images and the digits transfer
+    are measured afresh. Returns ``evaluate_shipped``'s dict plus ``"geometry"`` and ``"transfer"``.
+    """
+    encoder = load_pretrained(name, device, directory)
+    measured = evaluate_shipped(name, train_data, test_data, device, directory, encoder=encoder)
+    differences = differences_from_manifest(name, measured, directory)
+    if differences:
+        raise ValueError("; ".join(differences) + "; the weights and their record disagree (republish them with "
+                         f"`{manifest_entry(name, directory)['command']}`)")
+    return {**measured, "geometry": geometry(encoder, test_data[0], device=device),
+            "transfer": transfer_digits(encoder, device, repeats=transfer_repeats)}
+
 
 
 # ----------------------------------------------------------------------------- label efficiency

@@ -122,6 +122,16 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
                for name, row in zip(("simclr", "random"), rows[1:], strict=True))
     assert sslkit("results", "--check", "--readme", str(readme), "--weights", str(out)).returncode == 0
 
+    # a record that the weights no longer reproduce is an error, not a new row
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["methods"]["random"]["results"]["knn"]["test_accuracy"] += 0.01
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    mismatch = sslkit("results", "--readme", str(readme), "--weights", str(out), "--limit", "600", "--device", "cpu")
+    assert mismatch.returncode == 2 and "random: knn test accuracy" in mismatch.stderr
+    assert "the weights and their record disagree" in mismatch.stderr and "linear_probe" not in mismatch.stderr
+    evaluated = sslkit("evaluate", "random", "--weights", str(out), "--limit", "600", "--device", "cpu")
+    assert evaluated.returncode == 1 and "differs from the manifest by more than 0.002: random" in evaluated.stderr
+
     (out / "simclr.pth").write_bytes((out / "simclr.pth").read_bytes()[:-10])  # truncated download
     broken = sslkit("evaluate", "simclr", "--weights", str(out), "--limit", "600")
     assert broken.returncode == 2 and "corrupt, truncated or tampered" in broken.stderr
