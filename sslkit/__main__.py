@@ -323,12 +323,14 @@ def run_transfer(args: argparse.Namespace) -> None:
 def add_finetune_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "finetune",
-        help="label efficiency: fine-tune shipped encoders on 1%% and 10%% of the labels, record in the manifest",
+        help="label efficiency: fine-tune shipped encoders on 1%%, 10%% or 100%% of the labels, record in the manifest",
         description=(
             "For every fraction and seed, fine-tune a copy of METHOD's shipped encoder with a linear head on a "
             "stratified, seeded subset of the training labels (the same images for every method), print its test "
             "accuracy, and store mean ± std over seeds and the validation learning curves under "
-            "results.fine_tune in the manifest. 'random' is the same network trained from scratch."
+            "results.fine_tune in the manifest (beside the fractions an earlier run of the same recipe recorded). "
+            "'random' is the same network trained from scratch. Fraction 1 is every label outside the "
+            "validation split."
         ),
     )
     parser.add_argument("method", metavar="METHOD",
@@ -368,10 +370,31 @@ def run_finetune(args: argparse.Namespace) -> None:
         summary["device"] = describe_device(device)
         if args.limit:
             summary["limit"] = args.limit
-        record_results(name, "fine_tune", summary, args.weights)
+        record_results(name, "fine_tune", merged_fine_tune(manifest_entry(name, args.weights)["results"], summary),
+                       args.weights)
         for fraction, result in summary["fractions"].items():
             print(f"{name}: {fraction} of the labels: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
                   f"over {len(result['test_accuracy'])} seeds")
+
+
+def merged_fine_tune(recorded: dict, summary: dict) -> dict:
+    """``summary`` with the fractions an earlier ``finetune`` run of the same recipe, seeds and limit
+    recorded and this run did not measure (e.g. ``--fractions 1`` after the default 0.01 0.1).
+
+    Every fraction entry says on which device it ran; ``seconds`` is the total of both runs. An
+    earlier record of another recipe is replaced, never mixed in."""
+    previous = recorded.get("fine_tune")
+    for result in summary["fractions"].values():
+        result["device"] = summary["device"]
+    if not previous or (previous["config"], previous.get("limit")) != (summary["config"], summary.get("limit")):
+        return summary
+    kept = {fraction: {"device": previous["device"], **result} for fraction, result in previous["fractions"].items()
+            if fraction not in summary["fractions"]}
+    if not kept:
+        return summary
+    devices = {result["device"] for result in (*kept.values(), *summary["fractions"].values())}
+    return {**summary, "fractions": dict(sorted({**kept, **summary["fractions"]}.items(), key=lambda f: float(f[0]))),
+            "seconds": round(previous["seconds"] + summary["seconds"], 1), "device": " and ".join(sorted(devices))}
 
 
 # ---------------------------------------------------------------------------------------- sweep

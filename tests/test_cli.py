@@ -190,6 +190,22 @@ def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
     assert ten_percent["labels"] == 60 and len(ten_percent["test_accuracy"]) == 2 and len(ten_percent["curves"]) == 2
     assert min(ten_percent["test_accuracy"]) <= ten_percent["mean"] <= max(ten_percent["test_accuracy"])
 
+    # another fraction with the same recipe is added beside the recorded ones
+    everything = sslkit("finetune", "vae", "--steps", "3", "--seeds", "0", "1", "--fractions", "1", "--device", "cpu",
+                        *common)
+    assert everything.returncode == 0, everything.stderr
+    merged = json.loads((out / "manifest.json").read_text())["methods"]["vae"]["results"]["fine_tune"]
+    assert list(merged["fractions"]) == ["0.01", "0.1", "1"]
+    assert merged["fractions"]["0.1"]["mean"] == ten_percent["mean"]
+    assert merged["fractions"]["1"]["labels"] == 540  # all 600 but the validation tenth
+    assert merged["seconds"] > fine_tune["seconds"] and merged["device"] == merged["fractions"]["1"]["device"]
+    # a new recipe replaces the record instead of mixing with it
+    other = sslkit("finetune", "vae", "--steps", "2", "--seeds", "0", "1", "--fractions", "1", "--device", "cpu",
+                   *common)
+    assert other.returncode == 0, other.stderr
+    replaced = json.loads((out / "manifest.json").read_text())["methods"]["vae"]["results"]["fine_tune"]
+    assert list(replaced["fractions"]) == ["1"] and replaced["config"]["steps"] == 2
+
     swept = sslkit("sweep", "vae", "beta", "0.5", "2", "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu",
                    *common)
     assert swept.returncode == 0, swept.stderr

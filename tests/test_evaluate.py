@@ -126,6 +126,13 @@ def test_fine_tune_subsets_are_stratified_seeded_and_outside_validation(train_da
     assert not set(subset.tolist()) & set(validation.tolist())
 
 
+def test_all_labels_fine_tune_on_every_image_outside_validation(train_data):
+    labels = train_data[1]
+    _, validation = validation_split(labels)
+    subset = fine_tune_subset(labels, 1.0, seed=0)
+    assert sorted(subset.tolist() + validation.tolist()) == list(range(len(labels)))
+
+
 def test_fine_tune_learns_and_is_deterministic(train_data, test_data):
     train_slice = (train_data[0][:2000], train_data[1][:2000])
     test_slice = (test_data[0][:500], test_data[1][:500])
