@@ -540,7 +540,7 @@ def fine_tune_subset(train_labels: torch.Tensor, fraction: float, seed: int) -> 
     the validation split (which scores the learning curves). Identical for every method.
 
     ``fraction`` counts all training labels, so 0.01 of 60,000 is 600 images; 1.0 is every label
-    outside the validation split (54,000), the same images for every seed."""
+    outside the validation split (55,000), the same images for every seed."""
     fit_indices, _ = probe_validation_split(train_labels)
     count = min(len(fit_indices), max(NUM_CLASSES, round(fraction * len(train_labels))))
     return fit_indices[low_label_subset(train_labels[fit_indices], count / len(fit_indices), seed)]

@@ -14,6 +14,7 @@ from scipy import stats
 
 from .data import CLASS_NAMES
 from .evaluate import (
+    FINE_TUNE_FRACTIONS,
     FINE_TUNE_SEEDS,
     LinearProbe,
     accuracy,
@@ -28,6 +29,8 @@ from .evaluate import (
 from .plots import plot_confusion_matrix, plot_per_class_accuracy
 from .train import describe_device, resolve_device
 from .weights import load_probe, manifest_entry
+
+FEW_LABELS = tuple(f"{fraction:g}" for fraction in FINE_TUNE_FRACTIONS)  # the manifest's keys: "0.01", "0.1"
 
 
 def setup(seed: int = 0, pretrain_default: bool = False) -> tuple[torch.device, bool]:
@@ -124,10 +127,20 @@ def evaluate_frozen(
     return evaluation
 
 
-def print_label_efficiency(names: list[str] | tuple[str, ...]) -> dict[str, dict]:
-    """Print the manifest's fine-tuning results (mean ± std over seeds) of ``names``; return them."""
-    results = {name: manifest_entry(name)["results"]["fine_tune"] for name in names}
-    fractions = list(next(iter(results.values()))["fractions"])
+def print_label_efficiency(
+    names: list[str] | tuple[str, ...], fractions: tuple[str, ...] = FEW_LABELS
+) -> dict[str, dict]:
+    """Print the manifest's fine-tuning results (mean ± std over seeds) of ``names`` at ``fractions``
+    (the manifest's keys; by default the few-label ones, 1% and 10%); return them, restricted to
+    those fractions."""
+    results = {}
+    for name in names:
+        recorded = manifest_entry(name)["results"]["fine_tune"]
+        missing = [fraction for fraction in fractions if fraction not in recorded["fractions"]]
+        if missing:
+            raise ValueError(f"{name}: no fine-tuning result for the label fractions {', '.join(missing)}; run "
+                             f"`python -m sslkit finetune {name} --fractions {' '.join(missing)}`")
+        results[name] = {**recorded, "fractions": {fraction: recorded["fractions"][fraction] for fraction in fractions}}
     header = "".join(f"{f'{float(f):.0%} labels':>18}" for f in fractions)
     print(f"{'encoder':<24}{header}")
     for name, result in results.items():

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from sslkit.evaluate import low_label_linear_probe
-from sslkit.notebook import FrozenEvaluation, print_frozen_against_fine_tuned, print_gain_over_scratch, setup
+from sslkit.notebook import (
+    FEW_LABELS,
+    FrozenEvaluation,
+    print_frozen_against_fine_tuned,
+    print_gain_over_scratch,
+    print_label_efficiency,
+    setup,
+)
+from sslkit.weights import save_manifest
 
 
 def _results(ours, scratch, labels=600):
@@ -96,3 +104,20 @@ def test_frozen_against_fine_tuned_fits_the_probe_on_each_fine_tuning_subset(cap
     assert lines[1].startswith("    10% ") and "80.00 ± 1.00" in lines[1] and "70.00 ± 1.00" in lines[1]
     assert len(lines[1]) == len(lines[0])  # the columns line up under their headers
     assert lines[2] == f"   100% {90.0:>20.2f} (the shipped probe)"
+
+
+def test_label_efficiency_shows_the_few_label_fractions_unless_asked_for_others(tmp_path, monkeypatch, capsys):
+    def entry(means):
+        return {"results": {"fine_tune": {"fractions": {f: {"mean": m, "std": 0.01} for f, m in means.items()}}}}
+
+    save_manifest({"methods": {"vae": entry({"0.01": 0.8, "0.1": 0.85, "1": 0.9}),
+                               "random": entry({"0.01": 0.7, "0.1": 0.8})}}, tmp_path)
+    monkeypatch.setenv("SSLKIT_WEIGHTS", str(tmp_path))
+    few = print_label_efficiency(["vae", "random"])
+    assert FEW_LABELS == ("0.01", "0.1") and all(list(r["fractions"]) == ["0.01", "0.1"] for r in few.values())
+    lines = capsys.readouterr().out.splitlines()
+    assert "1% labels" in lines[0] and "10% labels" in lines[0] and "100%" not in lines[0]
+    assert lines[1].split() == ["vae", "80.00", "±", "1.00", "85.00", "±", "1.00"]
+    assert list(print_label_efficiency(["vae"], ("1",))["vae"]["fractions"]) == ["1"]
+    with pytest.raises(ValueError, match=r"random: no fine-tuning result .* finetune random --fractions 1`"):
+        print_label_efficiency(["vae", "random"], ("0.1", "1"))
