@@ -144,18 +144,21 @@ def plot_per_class_accuracy(accuracies: dict[str, torch.Tensor | list[float]],
     return fig
 
 
-def plot_geometry(results: dict[str, dict], title: str = "Alignment and uniformity of the features") -> plt.Figure:
+def plot_geometry(results: dict[str, dict], title: str = "Alignment and uniformity of the features",
+                  styles: dict[str, dict] | None = None) -> plt.Figure:
     """Alignment against uniformity (Wang and Isola 2020), one labelled point per encoder.
 
     ``results`` maps a label to a manifest entry's ``results`` (its ``geometry`` and
     ``linear_probe``); the legend gives each one's linear-probe test accuracy. Lower left:
-    views close together and images spread over the sphere.
+    views close together and images spread over the sphere. ``styles``: optional keyword
+    arguments of ``ax.scatter`` per label (``color``, ``marker``).
     """
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, result in results.items():
         point = result["geometry"]
         ax.scatter(point["uniformity"], point["alignment"], s=40,
-                   label=f"{label} (probe {100 * result['linear_probe']['test_accuracy']:.1f}%)")
+                   label=f"{label} (probe {100 * result['linear_probe']['test_accuracy']:.1f}%)",
+                   **(styles or {}).get(label, {}))
     ax.set_xlabel("uniformity (lower: more spread)")
     ax.set_ylabel("alignment (lower: views closer)")
     ax.set_title(title)

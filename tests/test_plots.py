@@ -1,0 +1,20 @@
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from sslkit.plots import plot_geometry
+
+
+def test_geometry_plot_puts_each_encoder_at_its_uniformity_and_alignment_in_its_style():
+    def result(alignment, uniformity, probe):  # a manifest entry's results, as much as the plot reads
+        geometry = {"alignment": alignment, "uniformity": uniformity}
+        return {"geometry": geometry, "linear_probe": {"test_accuracy": probe}}
+
+    results = {"SimCLR": result(0.14, -2.26, 0.8905), "Random": result(0.06, -0.25, 0.801)}
+    fig = plot_geometry(results, styles={"Random": {"color": "black", "marker": "x"}})
+    ax = fig.axes[0]
+    points = [collection.get_offsets()[0].tolist() for collection in ax.collections]
+    assert points == [pytest.approx([-2.26, 0.14]), pytest.approx([-0.25, 0.06])]
+    assert np.allclose(ax.collections[1].get_facecolor()[0][:3], 0)  # the style reached the scatter
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["SimCLR (probe 89.0%)", "Random (probe 80.1%)"]
+    plt.close(fig)
