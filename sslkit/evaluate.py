@@ -512,7 +512,6 @@ def remeasure_shipped(
             "transfer": transfer_digits(encoder, device, repeats=transfer_repeats)}
 
 
-
 # ----------------------------------------------------------------------------- label efficiency
 
 
