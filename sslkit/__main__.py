@@ -40,6 +40,7 @@ from .weights import (
     load_manifest,
     load_pretrained,
     manifest_entry,
+    manifest_update,
     publish,
     record_results,
     weights_dir,
@@ -242,10 +243,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     failed = []
     for name in names:
         measured = evaluate_shipped(name, train_data, test_data, device, args.weights)
-        recorded = {key: value["test_accuracy"] for key, value in manifest_entry(name, args.weights)["results"].items()
-                    if key in ("linear_probe", "knn")}
-        print(f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * recorded['linear_probe']:9.2f} "
-              f"{measured['macro_f1']:9.4f} {100 * measured['knn']:7.2f} {100 * recorded['knn']:9.2f}")
+        recorded = manifest_entry(name, args.weights)["results"]
+        expected_probe, expected_knn = recorded["linear_probe"]["test_accuracy"], recorded["knn"]["test_accuracy"]
+        print(f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * expected_probe:9.2f} "
+              f"{measured['macro_f1']:9.4f} {100 * measured['knn']:7.2f} {100 * expected_knn:9.2f}")
         if differences_from_manifest(name, measured, args.weights, args.tolerance):
             failed.append(name)
     if failed:
@@ -370,8 +371,9 @@ def run_finetune(args: argparse.Namespace) -> None:
         summary["device"] = describe_device(device)
         if args.limit:
             summary["limit"] = args.limit
-        record_results(name, "fine_tune", merged_fine_tune(manifest_entry(name, args.weights)["results"], summary),
-                       args.weights)
+        with manifest_update(args.weights) as manifest:  # read, merge and write under one lock
+            results = manifest["methods"][name].setdefault("results", {})
+            results["fine_tune"] = merged_fine_tune(results, summary)
         for fraction, result in summary["fractions"].items():
             print(f"{name}: {fraction} of the labels: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
                   f"over {len(result['test_accuracy'])} seeds")
