@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 from . import __version__, distributed
-from .data import DataNotFoundError, load_fashion_mnist
+from .data import (
+    DEFAULT_DATASET,
+    PRETRAIN_DATASETS,
+    DataNotFoundError,
+    dataset_info,
+    load_cifar100_transfer,
+    load_dataset,
+)
 from .evaluate import (
     FINE_TUNE_FRACTIONS,
     FINE_TUNE_SEEDS,
@@ -26,11 +33,12 @@ from .evaluate import (
     extract_features,
     geometry,
     label_efficiency,
+    load_imagenet_resnet18,
     remeasure_shipped,
-    transfer_digits,
+    transfer,
 )
 from .methods import METHOD_CLASSES, JointEmbedding, build_method
-from .models import VIT_CONFIG, PixelFeatures, build_encoder, count_parameters
+from .models import PixelFeatures, build_encoder, count_parameters, encoder_config
 from .results import README, render_readme, results_table
 from .train import NonFiniteLossError, TrainConfig, describe_device, resolve_device, train
 from .weights import (
@@ -75,9 +83,19 @@ def add_limit_argument(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--limit", type=positive_int, default=None, help=help)
 
 
-def load_splits(limit: int | None) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", default=DEFAULT_DATASET, choices=PRETRAIN_DATASETS,
+        help="the dataset (default fashion-mnist, the series' own); the weights of another live in its own folder, "
+             "weights/DATASET/, and CIFAR-10's transfer task is 10 classes of CIFAR-100 (the grey datasets': "
+             "the digits). Found on disk in torchvision's layout (data/MNIST/raw, data/cifar-10-batches-py, ...) "
+             "or downloaded by torchvision when online")
+
+
+def load_splits(limit: int | None, dataset: str = DEFAULT_DATASET
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``(train_images, train_labels), (test_images, test_labels)``, each cut to ``limit`` images if given."""
-    splits = load_fashion_mnist("train"), load_fashion_mnist("test")
+    splits = load_dataset(dataset, "train"), load_dataset(dataset, "test")
     if limit:
         splits = tuple((images[:limit], labels[:limit]) for images, labels in splits)
     return splits
@@ -91,7 +109,7 @@ def add_pretrain_parser(subparsers) -> None:
         "pretrain",
         help="train a method (or build a baseline), evaluate it and publish weights + manifest entry",
         description=(
-            "Train METHOD on the 60,000 Fashion-MNIST training images with the common budget "
+            "Train METHOD on the 60,000 Fashion-MNIST training images (or those of --dataset) with the common budget "
             "(batch 256, 100 epochs), resuming from --checkpoint if it exists; then fit the linear "
             "probe (chosen on the validation split), measure test accuracy and kNN, and write "
             "OUT/METHOD.pth, OUT/METHOD.history.json and the entry in OUT/manifest.json. "
@@ -117,6 +135,7 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.ckpt)")
     add_limit_argument(parser, "use only the first N training and test images (smoke runs and tests)")
+    add_dataset_argument(parser)
     parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
                         help="stop each epoch after N steps (smoke runs and tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -143,17 +162,21 @@ def processes_note() -> str:
 
 def pretrain(args: argparse.Namespace, device: torch.device) -> None:
     """Train (in every process under torchrun), then evaluate and publish (in the main process)."""
-    (train_images, train_labels), (test_images, test_labels) = load_splits(args.limit)
-    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    entry = {"command": command, "torch_version": torch.__version__, "sslkit_version": __version__}
+    (train_images, train_labels), (test_images, test_labels) = load_splits(args.limit, args.dataset)
+    if dataset_info(args.dataset).channels == 3:
+        load_cifar100_transfer()  # the transfer task's data: missing, it should stop the run before training
+    command = args.command_line
+    entry = {"command": command, "dataset": args.dataset, "torch_version": torch.__version__,
+             "sslkit_version": __version__}
     history: list[dict] = []
     torch.manual_seed(args.seed)  # the encoder's initialisation
 
     if args.method == "pixels":
-        encoder, state = PixelFeatures(), {}
+        info = dataset_info(args.dataset)
+        encoder, state = PixelFeatures(info.channels, info.image_size), {}
         entry.update(kind="baseline", config={"encoder": None}, epochs=0)
     elif args.method in ("random", "random_vit"):
-        encoder = build_encoder(VIT_CONFIG if args.method == "random_vit" else None)
+        encoder = build_encoder(encoder_config(args.dataset, "vit" if args.method == "random_vit" else "resnet"))
         entry.update(kind="baseline", config={"encoder": encoder.config()}, epochs=0)
         state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     else:
@@ -161,7 +184,7 @@ def pretrain(args: argparse.Namespace, device: torch.device) -> None:
         if args.temperature and "temperature" not in inspect.signature(cls).parameters:
             raise ValueError(f"--temperature does not apply to {args.method}: it has no softmax temperature")
         method_kwargs = {"temperature": args.temperature} if args.temperature else {}
-        method = build_method(args.method, **method_kwargs)
+        method = build_method(args.method, args.dataset, **method_kwargs)
         overrides = {"lr": args.lr, "weight_decay": args.weight_decay, "optimizer": args.optimizer,
                      "warmup_epochs": args.warmup_epochs}
         recipe = {**cls.recipe, **{k: v for k, v in overrides.items() if v is not None}}
@@ -192,7 +215,7 @@ def pretrain(args: argparse.Namespace, device: torch.device) -> None:
     probe, results = evaluate_features(train_features, train_labels, test_features, test_labels)
     results["encoder_parameters"] = count_parameters(encoder)
     results["geometry"] = geometry(encoder, test_images, device=device)
-    results["transfer"] = transfer_digits(encoder, device, repeats=1 if args.limit else TRANSFER_REPEATS)
+    results["transfer"] = transfer(encoder, args.dataset, device, repeats=1 if args.limit else TRANSFER_REPEATS)
     if args.limit:
         results["limit"] = args.limit
     entry["results"] = results
@@ -224,21 +247,31 @@ def add_evaluate_parser(subparsers) -> None:
                         help="largest accepted difference from the manifest, as a fraction (default 0.002)")
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N training and test images (to check a `pretrain --limit N` run)")
+    add_dataset_argument(parser)
     parser.set_defaults(handler=run_evaluate)
 
 
-def shipped_names(method: str, directory: Path | None, exclude: tuple[str, ...] = ()) -> list[str]:
-    """``[method]`` if it is shipped (a clear error if not), or every shipped name for ``"all"``."""
+def shipped_names(method: str, directory: Path | None, exclude: tuple[str, ...] = (),
+                  dataset: str = DEFAULT_DATASET) -> list[str]:
+    """``[method]`` if it is shipped (a clear error if not), or every shipped name for ``"all"``; each
+    checked to have been trained on ``dataset``."""
     if method == "all":
-        return [n for n in METHODS + BASELINES if n not in exclude and n in load_manifest(directory)["methods"]]
-    manifest_entry(method, directory)  # unknown or unshipped names fail here, clearly
-    return [method]
+        names = [n for n in METHODS + BASELINES if n not in exclude and n in load_manifest(directory)["methods"]]
+        if not names:
+            option = "" if dataset == DEFAULT_DATASET else f" --dataset {dataset}"
+            raise WeightsError(f"no weights are in {directory or weights_dir()} yet; train some with "
+                               f"`python -m sslkit pretrain METHOD{option}`")
+    else:
+        names = [method]
+    for name in names:
+        manifest_entry(name, directory, dataset)  # unknown, unshipped or other-dataset names fail here, clearly
+    return names
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    names = shipped_names(args.method, args.weights)
-    train_data, test_data = load_splits(args.limit)
+    names = shipped_names(args.method, args.weights, dataset=args.dataset)
+    train_data, test_data = load_splits(args.limit, args.dataset)
     print(f"{'method':<12} {'probe %':>8} {'manifest':>9} {'macro-F1':>9} {'kNN %':>7} {'manifest':>9}")
     failed = []
     for name in names:
@@ -272,13 +305,14 @@ def add_geometry_parser(subparsers) -> None:
     add_device_argument(parser)
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N test images (smoke runs and tests)")
+    add_dataset_argument(parser)
     parser.set_defaults(handler=run_geometry)
 
 
 def run_geometry(args: argparse.Namespace) -> None:
-    names = shipped_names(args.method, args.weights)
+    names = shipped_names(args.method, args.weights, dataset=args.dataset)
     device = resolve_device(args.device)
-    _, (test_images, _) = load_splits(args.limit)
+    _, (test_images, _) = load_splits(args.limit, args.dataset)
     print(f"{'method':<12} {'alignment':>10} {'uniformity':>11}")
     for name in names:
         measured = geometry(load_pretrained(name, device, args.weights), test_images, device=device)
@@ -296,7 +330,8 @@ def add_transfer_parser(subparsers) -> None:
         description=(
             "Compute the frozen features of METHOD's shipped encoder (or of every shipped method and baseline "
             "with 'all') on scikit-learn's 1,797 handwritten digits (8x8, upsampled to 28x28; they ship with "
-            "scikit-learn), and score the linear probe by repeated stratified 5-fold cross-validation (3 repeats, "
+            "scikit-learn), or for --dataset cifar10 on the 6,000 images of 10 CIFAR-100 classes, and score the "
+            "linear probe by repeated stratified 5-fold cross-validation (3 repeats, "
             "the L2 strength chosen inside each training fold). Stores mean and standard deviation under "
             "results.transfer in the manifest."
         ),
@@ -304,18 +339,32 @@ def add_transfer_parser(subparsers) -> None:
     parser.add_argument("method", metavar="METHOD", help=f"one of {', '.join(METHODS + BASELINES)}, or all")
     add_device_argument(parser)
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
+    add_dataset_argument(parser)
     parser.add_argument("--repeats", type=positive_int, default=TRANSFER_REPEATS,
                         help=f"shufflings of the 5-fold split (default {TRANSFER_REPEATS}; 1 for smoke runs)")
+    parser.add_argument("--imagenet-reference", action="store_true",
+                        help="also print a row for torchvision's ResNet-18 trained with labels on ImageNet (a "
+                             "different, supervised and 40x larger encoder; its weights are downloaded once, so this "
+                             "needs network access the first time); the row is printed, never recorded")
     parser.set_defaults(handler=run_transfer)
 
 
 def run_transfer(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    print(f"{'method':<12} {'digits, 5-fold CV %':>20}")
-    for name in shipped_names(args.method, args.weights):
-        measured = transfer_digits(load_pretrained(name, device, args.weights), device, args.repeats)
+    names = shipped_names(args.method, args.weights, dataset=args.dataset)
+    reference = load_imagenet_resnet18() if args.imagenet_reference else None  # fails before the long part
+    task = "digits" if dataset_info(args.dataset).channels == 1 else "CIFAR-100, 10 classes"
+    print(f"{'method':<18} {task + ', 5-fold CV %':>28}")
+    for name in names:
+        measured = transfer(load_pretrained(name, device, args.weights), args.dataset, device, args.repeats)
         record_results(name, "transfer", measured, args.weights)
-        print(f"{name:<12} {100 * measured['mean']:13.2f} ± {100 * measured['std']:.2f}", flush=True)
+        print(f"{name:<18} {100 * measured['mean']:21.2f} ± {100 * measured['std']:.2f}", flush=True)
+    if reference is not None:
+        measured = transfer(reference, args.dataset, device, args.repeats)
+        print(f"{'imagenet-resnet18*':<18} {100 * measured['mean']:21.2f} ± {100 * measured['std']:.2f}\n"
+              "* torchvision's ResNet-18 trained with the labels of ImageNet's 1.28M photos (11.7M parameters, "
+              "inputs resized to 224x224):\n  a different, supervised encoder, shown for reference only; not "
+              "recorded in the manifest")
 
 
 # ---------------------------------------------------------------------------------------- finetune
@@ -345,6 +394,7 @@ def add_finetune_parser(subparsers) -> None:
     add_device_argument(parser)
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N training and test images (smoke runs and tests)")
+    add_dataset_argument(parser)
     parser.set_defaults(handler=run_finetune)
 
 
@@ -353,9 +403,9 @@ def run_finetune(args: argparse.Namespace) -> None:
         raise ValueError(f"--fractions must be in (0, 1], got {args.fractions}")
     if args.method == "pixels":
         raise ValueError("'pixels' has no network to fine-tune; the from-scratch reference is 'random'")
-    names = shipped_names(args.method, args.weights, exclude=("pixels",))
+    names = shipped_names(args.method, args.weights, exclude=("pixels",), dataset=args.dataset)
     device = resolve_device(args.device)
-    train_data, test_data = load_splits(args.limit)
+    train_data, test_data = load_splits(args.limit, args.dataset)
     config = FineTuneConfig(steps=args.steps)
     for name in names:
         started = time.perf_counter()
@@ -441,6 +491,7 @@ def add_sweep_parser(subparsers) -> None:
     add_device_argument(parser)
     add_weights_argument(parser, "folder with manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
+    add_dataset_argument(parser)
     parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
                         help="stop each epoch after N steps (smoke runs and tests)")
     parser.set_defaults(handler=run_sweep)
@@ -461,10 +512,10 @@ def run_sweep(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr-scaling {args.lr_scaling} applies only when sweeping batch_size, not {args.param}")
     if args.diagnostics and not issubclass(cls, JointEmbedding):
         raise ValueError(f"--diagnostics needs a joint-embedding method (simclr, dcl, vicreg), not {args.method}")
-    manifest_entry(args.method, args.weights)  # results are recorded beside the shipped weights
+    manifest_entry(args.method, args.weights, args.dataset)  # results are recorded beside the shipped weights
     device = resolve_device(args.device)
-    (images, labels), _ = load_splits(args.limit)
-    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    (images, labels), _ = load_splits(args.limit, args.dataset)
+    command = args.command_line
     warmup_epochs = cls.recipe["warmup_epochs"] if args.warmup_epochs is None else args.warmup_epochs
     settings = {"epochs": args.epochs, "warmup_epochs": warmup_epochs, "lr_scaling": args.lr_scaling}
     if args.limit or args.steps_per_epoch:
@@ -490,7 +541,8 @@ def run_sweep(args: argparse.Namespace) -> None:
                       f"(validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}%)", flush=True)
                 continue
             torch.manual_seed(seed)
-            method = build_method(args.method, **({args.param: value} if args.param in method_params else {}))
+            method = build_method(args.method, args.dataset,
+                                  **({args.param: value} if args.param in method_params else {}))
             recipe = {**cls.recipe, "warmup_epochs": warmup_epochs,
                       **({args.param: value} if args.param in train_fields else {})}
             if args.lr_scaling != "none":
@@ -605,7 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "python -m sslkit " + " ".join(shlex.quote(a) for a in argv)  # recorded with results
+    if getattr(args, "dataset", DEFAULT_DATASET) != DEFAULT_DATASET:  # another dataset's weights: their own folder
+        for folder in ("weights", "out"):
+            if hasattr(args, folder) and getattr(args, folder) is None:
+                setattr(args, folder, weights_dir(args.dataset))
     try:
         return args.handler(args) or 0
     except (DataNotFoundError, WeightsError, NonFiniteLossError, ValueError) as error:

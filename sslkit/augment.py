@@ -2,15 +2,17 @@
 
 Every operation works on a whole batch ``[N, C, H, W]`` of floats in ``[0, 1]`` at once, on
 whatever device the batch is on, and draws a separate random parameter for every image (crop box,
-flip, brightness, contrast, blur width, erased rectangle) from one ``torch.Generator``. That
-replaces the per-image Python transforms of a ``DataLoader`` (see ``python -m sslkit bench`` for
-the measured speed-up) and makes a run reproducible from the generator's seed.
+flip, brightness, contrast, saturation, hue, grey or not, blur width, erased rectangle) from one
+``torch.Generator``. That replaces the per-image Python transforms of a ``DataLoader`` (see
+``python -m sslkit bench`` for the measured speed-up) and makes a run reproducible from the
+generator's seed. Images are grey ``[N, 1, H, W]`` (Fashion-MNIST) or RGB ``[N, 3, H, W]``
+(CIFAR-10); on grey images the colour operations (saturation, hue, grayscale) are the identity.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +25,21 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.25, 1.0)  # area of the crop as a fraction of the image
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio of the crop box
     flip_prob: float = 0.5
-    jitter_prob: float = 0.8  # brightness and contrast together, like SimCLR's colour jitter
+    jitter_prob: float = 0.8  # brightness, contrast, saturation and hue together: SimCLR's colour jitter
     brightness: float = 0.4  # factor drawn from [1 - brightness, 1 + brightness]
     contrast: float = 0.4
+    saturation: float = 0.0  # factor drawn from [1 - saturation, 1 + saturation]; only changes RGB images
+    hue: float = 0.0  # shift drawn from [-hue, hue], in fractions of a full turn of the colour wheel
+    grayscale_prob: float = 0.0  # SimCLR's colour drop: an RGB image becomes its luminance
     blur_prob: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int = 3  # about 10% of the image side, as in SimCLR
     erase_prob: float = 0.0  # random erasing (Zhong et al. 2020), off unless asked for
     erase_scale: tuple[float, float] = (0.02, 0.2)
+
+    def __post_init__(self):
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] (at most half a turn of the colour wheel), got {self.hue}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +55,21 @@ SIMCLR_AUGMENT = AugmentConfig()
 SUPERVISED_AUGMENT = AugmentConfig(crop_scale=(0.6, 1.0), jitter_prob=0.0, blur_prob=0.0)
 # Mirror images only: every pixel of the target stays where the encoder saw it.
 FLIP_AUGMENT = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_prob=0.0, blur_prob=0.0)
+# SimCLR's colour augmentation on CIFAR-10 (Chen et al. 2020, Appendix A and B.9): jitter strength
+# s = 0.5 gives brightness, contrast and saturation 0.8·s (brightness and contrast are 0.4 already)
+# and hue 0.2·s; colour drop (grayscale) with probability 0.2.
+SIMCLR_COLOUR = {"saturation": 0.4, "hue": 0.1, "grayscale_prob": 0.2}
+
+
+def with_colour(config: AugmentConfig) -> AugmentConfig:
+    """``config`` with SimCLR's colour augmentation (``SIMCLR_COLOUR``) for RGB images.
+
+    Only photometric configs (``jitter_prob > 0``, the SimCLR-like presets) get it; label-preserving
+    geometric ones such as ``SUPERVISED_AUGMENT`` and ``FLIP_AUGMENT`` are returned unchanged. The
+    blur stays: SimCLR leaves it out on CIFAR-10 (B.9), but our 3×3 kernel is already about 10% of a
+    32-pixel side, SimCLR's ImageNet rule, so every dataset gets the same pipeline.
+    """
+    return replace(config, **SIMCLR_COLOUR) if config.jitter_prob > 0 else config
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor, generator) -> torch.Tensor:
@@ -84,17 +108,128 @@ def random_resized_crop_and_flip(x: torch.Tensor, config: AugmentConfig, generat
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def brightness_contrast_jitter(x: torch.Tensor, config: AugmentConfig, generator=None) -> torch.Tensor:
-    """Scale brightness, then stretch contrast around each image's mean, for a random subset."""
+# Luminance weights of torchvision's ``rgb_to_grayscale`` (0.2989 where ITU-R BT.601 has 0.299), so
+# that the colour operations agree with torchvision's to float precision.
+LUMINANCE_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def _check_colour_channels(x: torch.Tensor, operation: str) -> None:
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"{operation} needs grey [N, 1, H, W] or RGB [N, 3, H, W] images, got {tuple(x.shape)}; "
+                         "set saturation, hue and grayscale_prob to 0 for images with other channels")
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """Grey level ``[N, 1, H, W]`` of RGB images ``[N, 3, H, W]`` (torchvision's ``rgb_to_grayscale``).
+
+    A grey batch ``[N, 1, H, W]`` is its own luminance and is returned as it is.
+    """
+    _check_colour_channels(x, "luminance")
+    if x.shape[1] == 1:
+        return x
+    red, green, blue = x.unbind(dim=1)
+    weight_red, weight_green, weight_blue = LUMINANCE_WEIGHTS
+    return (weight_red * red + weight_green * green + weight_blue * blue).unsqueeze(1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Stretch each image around its mean grey level by its own ``factor [N]``, clamped to ``[0, 1]``.
+
+    The mean is over the luminance for RGB images (torchvision's ``adjust_contrast``) and over all
+    values otherwise.
+    """
+    reference = luminance(x) if x.shape[1] == 3 else x
+    mean = reference.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * factor.view(-1, 1, 1, 1) + mean).clamp(0, 1)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its luminance: ``factor · x + (1 - factor) · grey``, clamped to ``[0, 1]``.
+
+    ``factor [N]`` is per image: 0 gives the grey image, 1 the image itself, above 1 stronger colours
+    (torchvision's ``adjust_saturation``). Grey images are returned unchanged.
+    """
+    _check_colour_channels(x, "adjust_saturation")
+    if x.shape[1] == 1:
+        return x
+    factor = factor.view(-1, 1, 1, 1)
+    return (factor * x + (1 - factor) * luminance(x)).clamp(0, 1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue (fraction of a turn, red = 0), saturation and value ``[N, H, W]`` each, of RGB ``[N, 3, H, W]``."""
+    red, green, blue = x.unbind(dim=1)
+    value = x.amax(dim=1)
+    chroma = value - x.amin(dim=1)
+    grey = chroma == 0  # hue is undefined; 0 as in PIL and torchvision (the saturation is 0 there)
+    chroma_or_one = torch.where(grey, 1.0, chroma)
+    saturation = chroma / torch.where(value == 0, 1.0, value)
+    # The sector of the colour wheel is set by the largest channel (red first on ties, like torchvision).
+    hue = torch.where(value == red, (green - blue) / chroma_or_one,
+                      torch.where(value == green, (blue - red) / chroma_or_one + 2, (red - green) / chroma_or_one + 4))
+    return torch.where(grey, 0.0, torch.remainder(hue / 6, 1.0)), saturation, value
+
+
+def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_rgb_to_hsv``: RGB ``[N, 3, H, W]`` from hue, saturation and value ``[N, H, W]``.
+
+    Channel n (5 for red, 3 for green, 1 for blue) is ``v · (1 - s · clamp(min(k, 4 - k), 0, 1))`` with
+    ``k = (n + 6 h) mod 6``, the closed form of the six-sector table, so no per-sector indexing.
+    """
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=hue.device, dtype=hue.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + 6 * hue.unsqueeze(1), 6.0)
+    return value.unsqueeze(1) * (1 - saturation.unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's hue by its own ``shift [N]`` (fractions of a turn, modulo 1) in HSV space.
+
+    torchvision's ``adjust_hue``, for the whole batch at once. Grey images are returned unchanged.
+    """
+    _check_colour_channels(x, "adjust_hue")
+    if x.shape[1] == 1:
+        return x
+    hue, saturation, value = _rgb_to_hsv(x)
+    return _hsv_to_rgb(torch.remainder(hue + shift.view(-1, 1, 1), 1.0), saturation, value)
+
+
+def colour_jitter(x: torch.Tensor, config: AugmentConfig, generator=None) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue of a random subset (``jitter_prob``), each with its own factor.
+
+    SimCLR (Chen et al. 2020, Appendix A) uses torchvision's ``ColorJitter``, which applies the four
+    in a random order per image; here the order is fixed: brightness, contrast, saturation, hue.
+    Saturation and hue are drawn only when enabled (after the brightness and contrast draws), so a
+    config without them draws exactly what the brightness-and-contrast jitter always drew.
+    """
     n = x.shape[0]
+    if config.saturation > 0 or config.hue > 0:
+        _check_colour_channels(x, "colour_jitter with saturation or hue")
     applied = _apply_with_prob(config.jitter_prob, n, x, generator)
     brightness = _uniform(n, 1 - config.brightness, 1 + config.brightness, x, generator)
     contrast = _uniform(n, 1 - config.contrast, 1 + config.contrast, x, generator)
     brightness = torch.where(applied, brightness, 1.0).view(n, 1, 1, 1)
-    contrast = torch.where(applied, contrast, 1.0).view(n, 1, 1, 1)
     x = (x * brightness).clamp(0, 1)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean).clamp(0, 1)
+    x = adjust_contrast(x, torch.where(applied, contrast, 1.0))
+    if config.saturation > 0:
+        saturation = _uniform(n, 1 - config.saturation, 1 + config.saturation, x, generator)
+        x = adjust_saturation(x, torch.where(applied, saturation, 1.0))  # a factor of 1 is exactly the identity
+    if config.hue > 0:
+        shift = _uniform(n, -config.hue, config.hue, x, generator)
+        x = torch.where(applied.view(n, 1, 1, 1), adjust_hue(x, shift), x)  # the HSV round trip is not exact
+    return x
+
+
+def random_grayscale(x: torch.Tensor, config: AugmentConfig, generator=None) -> torch.Tensor:
+    """Replace a random subset (``grayscale_prob``) of RGB images by their luminance in all three channels.
+
+    SimCLR's colour drop (Chen et al. 2020, Appendix A), applied after the colour jitter. Grey images
+    are returned unchanged (the random subset is still drawn, so the draws depend on the config only).
+    """
+    _check_colour_channels(x, "random_grayscale")
+    applied = _apply_with_prob(config.grayscale_prob, x.shape[0], x, generator)
+    if x.shape[1] == 1:
+        return x
+    return torch.where(applied.view(-1, 1, 1, 1), luminance(x).expand_as(x), x)
 
 
 def gaussian_blur(x: torch.Tensor, config: AugmentConfig, generator=None) -> torch.Tensor:
@@ -134,7 +269,7 @@ def random_erasing(x: torch.Tensor, config: AugmentConfig, generator=None) -> to
 
 
 def augment(x: torch.Tensor, config: AugmentConfig = SIMCLR_AUGMENT, generator=None) -> torch.Tensor:
-    """One random view of every image: crop + flip, jitter, blur, erasing (each only if enabled).
+    """One random view of every image: crop + flip, colour jitter, grayscale, blur, erasing (each only if enabled).
 
     Args:
         x: float ``[N, C, H, W]`` in ``[0, 1]``, on any device.
@@ -148,7 +283,9 @@ def augment(x: torch.Tensor, config: AugmentConfig = SIMCLR_AUGMENT, generator=N
         raise ValueError(f"augment expects a float batch [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
     x = random_resized_crop_and_flip(x, config, generator)
     if config.jitter_prob > 0:
-        x = brightness_contrast_jitter(x, config, generator)
+        x = colour_jitter(x, config, generator)
+    if config.grayscale_prob > 0:
+        x = random_grayscale(x, config, generator)
     if config.blur_prob > 0:
         x = gaussian_blur(x, config, generator)
     if config.erase_prob > 0:

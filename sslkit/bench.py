@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .augment import SIMCLR_AUGMENT, AugmentConfig, augment
-from .data import load_fashion_mnist, to_float
+from .augment import SIMCLR_AUGMENT, AugmentConfig, augment, with_colour
+from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, dataset_info, load_dataset, to_float
 from .methods import METHOD_CLASSES, build_method
 from .train import TrainConfig, describe_device, resolve_device, train
 
@@ -45,15 +45,19 @@ def time_per_batch(run_batch, device: torch.device, batches: int, warmup: int = 
     return (time.perf_counter() - started) / batches
 
 
-def torchvision_pipeline(config: AugmentConfig):
+def torchvision_pipeline(config: AugmentConfig, size: int = 28):
     """The same augmentation as ``augment.augment``, as torchvision.transforms.v2 per-image transforms."""
     from torchvision.transforms import v2
 
+    jitter = v2.ColorJitter(brightness=config.brightness, contrast=config.contrast, saturation=config.saturation,
+                            hue=config.hue)  # saturation and hue 0 (the grey presets) are left out by ColorJitter
+    grayscale = [v2.RandomGrayscale(config.grayscale_prob)] if config.grayscale_prob > 0 else []
     return v2.Compose([
         v2.ToDtype(torch.float32, scale=True),
-        v2.RandomResizedCrop(28, scale=config.crop_scale, ratio=config.crop_ratio, antialias=False),
+        v2.RandomResizedCrop(size, scale=config.crop_scale, ratio=config.crop_ratio, antialias=False),
         v2.RandomHorizontalFlip(config.flip_prob),
-        v2.RandomApply([v2.ColorJitter(brightness=config.brightness, contrast=config.contrast)], p=config.jitter_prob),
+        v2.RandomApply([jitter], p=config.jitter_prob),
+        *grayscale,
         v2.RandomApply([v2.GaussianBlur(config.blur_kernel, sigma=config.blur_sigma)], p=config.blur_prob),
     ])
 
@@ -66,24 +70,31 @@ class _TransformedImages(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.images[index].unsqueeze(0))
+        image = self.images[index]
+        return self.transform(image.unsqueeze(0) if image.ndim == 2 else image)  # [C, H, W]
 
 
-def kornia_pipeline(config: AugmentConfig):
+def kornia_pipeline(config: AugmentConfig, size: int = 28):
     """The same augmentation with ``kornia.augmentation`` (batched, per-sample parameters)."""
     import kornia.augmentation as K
 
+    grayscale = [K.RandomGrayscale(p=config.grayscale_prob)] if config.grayscale_prob > 0 else []
     return K.AugmentationSequential(
-        K.RandomResizedCrop((28, 28), scale=config.crop_scale, ratio=config.crop_ratio),
+        K.RandomResizedCrop((size, size), scale=config.crop_scale, ratio=config.crop_ratio),
         K.RandomHorizontalFlip(p=config.flip_prob),
-        K.ColorJitter(brightness=config.brightness, contrast=config.contrast, p=config.jitter_prob),
+        K.ColorJitter(brightness=config.brightness, contrast=config.contrast, saturation=config.saturation,
+                      hue=config.hue, p=config.jitter_prob),
+        *grayscale,
         K.RandomGaussianBlur((config.blur_kernel, config.blur_kernel), config.blur_sigma, p=config.blur_prob),
     )
 
 
 def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: int, batches: int) -> dict:
-    """Images per second of each pipeline; the data start as uint8 on the CPU for the DataLoader path."""
-    config = SIMCLR_AUGMENT
+    """Images per second of each pipeline; the data start as uint8 on the CPU for the DataLoader path.
+
+    The augmentation is SimCLR's, with its colour jitter and grayscale for colour images."""
+    colour = images.ndim == 4 and images.shape[1] == 3
+    config, size = with_colour(SIMCLR_AUGMENT) if colour else SIMCLR_AUGMENT, images.shape[-1]
     on_device = images.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -95,14 +106,14 @@ def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: i
     seconds = time_per_batch(lambda i: augment(batch_of(i), config, generator), device, batches)
     results["sslkit (batched, hand-written)"] = batch_size / seconds
     try:
-        pipeline = kornia_pipeline(config).to(device)
+        pipeline = kornia_pipeline(config, size).to(device)
         seconds = time_per_batch(lambda i: pipeline(batch_of(i)), device, batches)
         results["kornia.augmentation (batched)"] = batch_size / seconds
     except ImportError:
         print("kornia is not installed (pip install kornia): skipping its column")
     workers = min(4, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
-        _TransformedImages(images, torchvision_pipeline(config)), batch_size=batch_size, shuffle=True,
+        _TransformedImages(images, torchvision_pipeline(config, size)), batch_size=batch_size, shuffle=True,
         num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda",
     )
     iterator = iter(loader)
@@ -146,12 +157,27 @@ class PeakResidentMemory:
         self.peak_mib = self.peak - self.start
 
 
-def train_throughput(name: str, device: str, batch_size: int, steps: int, compile_model: bool = False) -> dict:
-    """Images/s and peak memory of ``steps`` training steps of ``name``, measured in this process."""
+def train_throughput(name: str, device: str, batch_size: int, steps: int, compile_model: bool = False,
+                     dataset: str = DEFAULT_DATASET, synthetic: bool = False) -> dict:
+    """Images/s, seconds per epoch and peak memory of ``steps`` training steps of ``name`` on ``dataset``,
+    measured in this process.
+
+    ``synthetic``: time random images of the dataset's shape and number instead of the real ones
+    (a training step costs the same whatever its pixels show), so the cost of a dataset that is
+    not on this machine can be known before it is downloaded.
+    """
     device = torch.device(device)
-    images, labels = (t.to(device) for t in load_fashion_mnist("train"))
+    if synthetic:
+        info = dataset_info(dataset)
+        generator = torch.Generator().manual_seed(0)
+        shape = (info.image_size,) * 2 if info.channels == 1 else info.shape
+        images = torch.randint(0, 256, (info.sizes["train"], *shape), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, len(info.class_names), (info.sizes["train"],), generator=generator)
+    else:
+        images, labels = load_dataset(dataset, "train")
+    images, labels = images.to(device), labels.to(device)
     torch.manual_seed(0)
-    method = build_method(name)
+    method = build_method(name, dataset)
     config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, **METHOD_CLASSES[name].recipe)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -163,7 +189,8 @@ def train_throughput(name: str, device: str, batch_size: int, steps: int, compil
             "peak_memory_mib": peak}
 
 
-def bench_training(device: torch.device, batch_size: int, steps: int, methods, compile_model: bool = False) -> dict:
+def bench_training(device: torch.device, batch_size: int, steps: int, methods, compile_model: bool = False,
+                   dataset: str = DEFAULT_DATASET) -> dict:
     """Training images/s (one image = all its views) and peak memory of each method.
 
     Times the real loop of ``train.train`` (two epochs of ``steps`` steps; the first is warm-up),
@@ -178,7 +205,8 @@ def bench_training(device: torch.device, batch_size: int, steps: int, methods, c
     results = {}
     for name in methods:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results[name] = pool.submit(train_throughput, name, str(device), batch_size, steps, compile_model).result()
+            results[name] = pool.submit(train_throughput, name, str(device), batch_size, steps, compile_model,
+                                        dataset).result()
     return results
 
 
@@ -206,6 +234,9 @@ def add_bench_parser(subparsers) -> None:
                              "cost columns); only shipped methods are recorded")
     parser.add_argument("--weights", type=Path, default=None,
                         help="folder with manifest.json for --record (default: $SSLKIT_WEIGHTS or weights/)")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, choices=PRETRAIN_DATASETS,
+                        help="the images to augment and train on (default fashion-mnist); with another, --record "
+                             "writes to that dataset's weights folder, weights/DATASET/")
     parser.set_defaults(handler=run_bench)
 
 
@@ -213,8 +244,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.batch_size < 2 or args.batches < 1 or args.steps < 1:
         raise ValueError("--batch-size must be at least 2, --batches and --steps at least 1")
     device = resolve_device(args.device)
-    images, labels = load_fashion_mnist("train")
-    print(f"device: {describe_device(device)}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
+    images, labels = load_dataset(args.dataset, "train")
+    print(f"{dataset_info(args.dataset).title}; device: {describe_device(device)}; torch {torch.__version__}; "
+          f"{torch.get_num_threads()} CPU threads")
     print(f"\nSimCLR augmentation, batch {args.batch_size}, {args.batches} batches per pipeline:")
     augmentation = bench_augmentation(images, device, args.batch_size, args.batches)
     baseline = augmentation[next(k for k in augmentation if k.startswith("torchvision"))]
@@ -225,12 +257,12 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"  sslkit / kornia: {ratio:.1f}x")
     print(f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method"
           + (", torch.compile" if args.compile else "") + ":")
-    training = bench_training(device, args.batch_size, args.steps, args.methods, args.compile)
+    training = bench_training(device, args.batch_size, args.steps, args.methods, args.compile, args.dataset)
     memory_kind = "peak CUDA memory" if device.type == "cuda" else "peak rise of resident memory"
     for name, result in training.items():
         memory = f", {memory_kind} {result['peak_memory_mib']:.0f} MiB"
         print(f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
-              f"(~{result['seconds_per_epoch']:.0f} s per epoch of 60,000 images){memory}")
+              f"(~{result['seconds_per_epoch']:.0f} s per epoch of {len(images):,} images){memory}")
     if args.record:
         record_costs(training, describe_device(device), args)
     return 0
@@ -242,12 +274,10 @@ def record_costs(training: dict, device: str, args: argparse.Namespace) -> None:
     All methods of one run share the device, the batch size and the command, so the costs in the
     README are comparable with each other (never with a run on another machine). Costs an earlier
     run recorded for methods this run did not time are removed, so the table never mixes runs."""
-    import shlex
-    import sys
 
     from .weights import manifest_update
 
-    command = "python -m sslkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = args.command_line
     with manifest_update(args.weights) as manifest:
         shipped = manifest.get("methods", {})
         recorded = [name for name in training if name in shipped]

@@ -1,57 +1,133 @@
-"""Fashion-MNIST as uint8 tensors, the validation split and the low-label subsets.
+"""The datasets as uint8 tensors, the validation split and the low-label subsets.
 
-The whole dataset is 47 MB as uint8, so it lives on the training device as one tensor and batches
-are indexed from it (see ``train.py``); no ``DataLoader`` sits in the hot path.
+Fashion-MNIST is the series' dataset; MNIST and CIFAR-10 (with 10 classes of CIFAR-100 as its
+transfer task) are there for readers who want to try the same methods elsewhere (``--dataset``).
+A whole dataset is at most 150 MB as uint8 (CIFAR-10), so it lives on the training device as one
+tensor and batches are indexed from it (see ``train.py``); no ``DataLoader`` sits in the hot path.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-NUM_CLASSES = len(CLASS_NAMES)
 VALIDATION_SIZE = 5_000
 SPLIT_SEED = 0
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-_FILE_STEMS = {
+_IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the code needs to know about a dataset: where torchvision keeps it, its image shape and
+    pixel statistics (the encoders normalise with them), and its class names."""
+
+    name: str  # the value of --dataset
+    title: str
+    torchvision_class: str  # the class in torchvision.datasets that downloads it
+    folder: str  # torchvision's folder under a data root, holding the files of ``files``
+    files: dict  # split -> the file names of that split in ``folder``
+    channels: int
+    image_size: int
+    sizes: dict  # split -> number of images
+    mean: tuple[float, ...]  # per channel, of the training pixels in [0, 1]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image as the encoders see it."""
+        return (self.channels, self.image_size, self.image_size)
+
+
+CIFAR100_CLASS_NAMES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest",
+    "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard",
+    "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum",
+    "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper",
+    "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
+    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+    "woman", "worm",
+)  # fine labels, in the order of the dataset's label numbers
+
+DATASETS = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            "fashion-mnist", "Fashion-MNIST", "FashionMNIST", "FashionMNIST/raw", _IDX_FILES, 1, 28,
+            {"train": 60_000, "test": 10_000}, (0.2860,), (0.3530,),
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        ),
+        DatasetInfo(
+            "mnist", "MNIST", "MNIST", "MNIST/raw", _IDX_FILES, 1, 28, {"train": 60_000, "test": 10_000},
+            (0.1307,), (0.3081,), tuple(str(digit) for digit in range(10)),
+        ),
+        DatasetInfo(
+            "cifar10", "CIFAR-10", "CIFAR10", "cifar-10-batches-py",
+            {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}, 3, 32,
+            {"train": 50_000, "test": 10_000}, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+            ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        ),
+        DatasetInfo(
+            "cifar100", "CIFAR-100", "CIFAR100", "cifar-100-python", {"train": ("train",), "test": ("test",)}, 3, 32,
+            {"train": 50_000, "test": 10_000}, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+            CIFAR100_CLASS_NAMES,
+        ),
+    )
+}
+DEFAULT_DATASET = "fashion-mnist"
+# The datasets a method can be pretrained on (--dataset); CIFAR-100 is CIFAR-10's transfer task only.
+PRETRAIN_DATASETS = ("fashion-mnist", "mnist", "cifar10")
+CLASS_NAMES = DATASETS[DEFAULT_DATASET].class_names
+NUM_CLASSES = len(CLASS_NAMES)  # 10 for every pretraining dataset
+
+
 class DataNotFoundError(FileNotFoundError):
-    """Fashion-MNIST is neither on disk nor downloadable."""
+    """A dataset is neither on disk nor downloadable."""
 
 
-def candidate_dirs() -> list[Path]:
-    """The folders searched for the IDX files, in order (DESIGN.md §2)."""
-    dirs = []
-    if os.environ.get("SSLKIT_DATA"):
-        dirs.append(Path(os.environ["SSLKIT_DATA"]))
-    dirs += [Path.cwd() / "data", REPO_DATA_DIR, DEBIAN_DATA_DIR]
+def dataset_info(name: str) -> DatasetInfo:
+    """The ``DatasetInfo`` of ``name`` (``"fashion-mnist"``, ``"mnist"``, ``"cifar10"`` or ``"cifar100"``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(PRETRAIN_DATASETS)} "
+                         "(and cifar100, the transfer task of cifar10)")
+    return DATASETS[name]
+
+
+def candidate_dirs(dataset: str = DEFAULT_DATASET) -> list[Path]:
+    """The folders searched for a dataset's files, in order (DESIGN.md §2).
+
+    Each data root (``$SSLKIT_DATA``, ``./data``, the repository's ``data/``) is searched in
+    torchvision's own layout (``MNIST/raw``, ``cifar-10-batches-py``, ...). Fashion-MNIST's IDX
+    files may also lie directly in a root, and the Debian package puts them in
+    ``/usr/share/datasets/fashion-mnist``.
+    """
+    info = dataset_info(dataset)
+    roots = [Path(os.environ["SSLKIT_DATA"])] if os.environ.get("SSLKIT_DATA") else []
+    roots += [Path.cwd() / "data", REPO_DATA_DIR]
+    folders = []
+    for root in roots:
+        folders += [root, root / info.folder] if dataset == DEFAULT_DATASET else [root / info.folder]
+    if dataset == DEFAULT_DATASET:
+        folders.append(DEBIAN_DATA_DIR)
     unique = []
-    for d in dirs:
-        for folder in (d, d / "FashionMNIST" / "raw"):  # the second is torchvision's layout
-            if folder.resolve() not in [u.resolve() for u in unique]:
-                unique.append(folder)
+    for folder in folders:
+        if folder.resolve() not in [u.resolve() for u in unique]:
+            unique.append(folder)
     return unique
 
 
@@ -59,6 +135,14 @@ def _find_file(folder: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
         if (folder / name).is_file():
             return folder / name
+    return None
+
+
+def _find_split(info: DatasetInfo, split: str, folders: list[Path]) -> list[Path] | None:
+    for folder in folders:
+        files = [_find_file(folder, name) for name in info.files[split]]
+        if all(files):
+            return files
     return None
 
 
@@ -80,60 +164,121 @@ def _read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _download(split: str) -> tuple[Path, Path] | None:
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refusing to decode bytes stored with the codec {encoding!r}")
+    return text.encode("latin1")
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays, and refuses everything else.
+
+    CIFAR's "python version" is a set of pickled dicts. A pickle can name any importable callable
+    and run it while loading, so a file that names anything but numpy's array constructors is
+    refused instead of trusted.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}:
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, wherever it lives
+        if (module, name) == ("numpy", "ndarray"):
+            return np.ndarray
+        if (module, name) == ("numpy", "dtype"):
+            return np.dtype
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 stores bytes: text encoded as latin-1
+            return _latin1_encode
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a CIFAR batch holds only dicts, lists and numpy arrays"
+        )
+
+
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch → uint8 images ``[N, 3, 32, 32]`` and int64 labels ``[N]``."""
+    try:
+        with open(path, "rb") as f:
+            batch = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+        images = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a CIFAR batch in torchvision's format ({error!r}); "
+                         "delete the folder and fetch it again") from error
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
+        raise ValueError(f"{path} does not hold 3072 bytes per image with one label each "
+                         f"(data {images.shape}, labels {labels.shape}); delete the folder and fetch it again")
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+def _download(info: DatasetInfo, split: str) -> list[Path] | None:
     """Let torchvision download the dataset into the repository's data/ folder; None if offline."""
     try:
-        from torchvision.datasets import FashionMNIST
+        import torchvision.datasets
 
-        FashionMNIST(str(REPO_DATA_DIR), train=split == "train", download=True)
+        getattr(torchvision.datasets, info.torchvision_class)(str(REPO_DATA_DIR), train=split == "train", download=True)
     except Exception:  # no network, blocked host, or torchvision missing: report below
         return None
-    folder = REPO_DATA_DIR / "FashionMNIST" / "raw"
-    files = [_find_file(folder, stem) for stem in _FILE_STEMS[split]]
-    return (files[0], files[1]) if all(files) else None
+    return _find_split(info, split, [REPO_DATA_DIR / info.folder])
+
+
+def _not_found_message(info: DatasetInfo, split: str, searched: list[Path], download: bool) -> str:
+    places = "\n".join(f"  - {folder}" for folder in searched)
+    tried = "and torchvision could not download it (offline?).\n" if download else ""
+    online = (f"run again with network access (on Colab it just works) and torchvision.datasets."
+              f"{info.torchvision_class} downloads it into {REPO_DATA_DIR}")
+    if info.name == DEFAULT_DATASET:
+        ways = ("  1. Debian/Ubuntu, offline-friendly: sudo apt-get install dataset-fashion-mnist\n"
+                "     (installs the IDX files into /usr/share/datasets/fashion-mnist), or copy the four\n"
+                "     *-ubyte.gz files into ./data or a folder named by $SSLKIT_DATA;\n"
+                f"  2. online: {online}.")
+    else:
+        ways = (f"  1. online: {online};\n"
+                f"  2. offline: copy torchvision's folder {info.folder}/ (from a machine where "
+                f"torchvision.datasets.{info.torchvision_class}(root, download=True) ran) into ./data\n"
+                "     or into a folder named by $SSLKIT_DATA.")
+    return f"{info.title} ({split}) was not found. Searched:\n{places}\n{tried}Get it in one of two ways:\n{ways}"
+
+
+def load_dataset(
+    dataset: str = DEFAULT_DATASET, split: str = "train", download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one split of a dataset from disk, or let torchvision download it.
+
+    Args:
+        dataset: ``"fashion-mnist"``, ``"mnist"``, ``"cifar10"`` or ``"cifar100"`` (see ``DATASETS``).
+        split: ``"train"`` or ``"test"``.
+        download: when the files are in none of the folders of ``candidate_dirs``, let torchvision
+            download them into the repository's ``data/`` folder (what Colab users get).
+
+    Returns:
+        ``(images, labels)``: uint8 images, ``[N, 28, 28]`` for the grey datasets and
+        ``[N, 3, 32, 32]`` for CIFAR, and int64 labels ``[N]`` (CIFAR-100: its 100 fine labels).
+    """
+    info = dataset_info(dataset)
+    if split not in info.files:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    searched = candidate_dirs(dataset)
+    found = _find_split(info, split, searched)
+    if found is None and download:
+        found = _download(info, split)
+    if found is None:
+        raise DataNotFoundError(_not_found_message(info, split, searched, download))
+    if info.channels == 1:
+        images, labels = _read_idx(found[0]), _read_idx(found[1]).astype(np.int64)
+    else:
+        label_key = "fine_labels" if dataset == "cifar100" else "labels"
+        batches = [_read_cifar_batch(path, label_key) for path in found]
+        images, labels = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    expected = (info.image_size, info.image_size) if info.channels == 1 else info.shape
+    if images.shape[1:] != expected or len(images) != len(labels):
+        raise ValueError(f"{found[0].parent} does not hold {info.title} images of shape {expected} with one label "
+                         f"each (images {images.shape}, labels {labels.shape})")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(info.class_names):
+        raise ValueError(f"{found[-1]} has labels outside 0..{len(info.class_names) - 1}; delete it and fetch it again")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels)
 
 
 def load_fashion_mnist(split: str = "train", download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load one split of Fashion-MNIST.
-
-    Args:
-        split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
-        download: when the files are in none of the searched folders, let torchvision download
-            them into the repository's ``data/`` folder (what Colab users get).
-
-    Returns:
-        ``(images, labels)``: uint8 tensor ``[N, 28, 28]`` and int64 tensor ``[N]``.
-    """
-    if split not in _FILE_STEMS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    searched = candidate_dirs()
-    found = None
-    for folder in searched:
-        files = [_find_file(folder, stem) for stem in _FILE_STEMS[split]]
-        if all(files):
-            found = files
-            break
-    if found is None and download:
-        found = _download(split)
-    if found is None:
-        places = "\n".join(f"  - {folder}" for folder in searched)
-        raise DataNotFoundError(
-            f"Fashion-MNIST ({split}) was not found. Searched:\n{places}\n"
-            + ("and torchvision could not download it (offline?).\n" if download else "")
-            + "Get it in one of two ways:\n"
-            "  1. Debian/Ubuntu, offline-friendly: sudo apt-get install dataset-fashion-mnist\n"
-            "     (installs the IDX files into /usr/share/datasets/fashion-mnist), or copy the four\n"
-            "     *-ubyte.gz files into ./data or a folder named by $SSLKIT_DATA;\n"
-            "  2. online: run again with network access and torchvision downloads it into data/."
-        )
-    images = torch.from_numpy(_read_idx(found[0]).copy())
-    labels = torch.from_numpy(_read_idx(found[1]).astype(np.int64))
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise ValueError(
-            f"{found[0]} and {found[1]} do not hold 28x28 images with one label each "
-            f"(images {tuple(images.shape)}, labels {tuple(labels.shape)})"
-        )
-    return images, labels
+    """``load_dataset("fashion-mnist", split)``: uint8 images ``[N, 28, 28]`` and int64 labels ``[N]``."""
+    return load_dataset(DEFAULT_DATASET, split, download)
 
 
 def _stratified_choice(labels: torch.Tensor, per_class: dict[int, int], seed: int) -> torch.Tensor:
@@ -191,8 +336,10 @@ def _proportional_quotas(counts: torch.Tensor, total: int) -> list[int]:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[N, 28, 28]`` → float ``[N, 1, 28, 28]`` in ``[0, 1]``, on the same device."""
-    return images.unsqueeze(1).float().div_(255.0)
+    """uint8 ``[N, H, W]`` (grey) or ``[N, C, H, W]`` → float ``[N, C, H, W]`` in ``[0, 1]``, on the same device."""
+    if images.ndim not in (3, 4):
+        raise ValueError(f"to_float expects uint8 images [N, H, W] or [N, C, H, W], got {tuple(images.shape)}")
+    return (images.unsqueeze(1) if images.ndim == 3 else images).float().div_(255.0)
 
 
 def load_digits_28() -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,3 +359,26 @@ def load_digits_28() -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16
     images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
     return images.squeeze(1).mul(255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(digits.target).long()
+
+
+# The transfer task of CIFAR-10 (DESIGN.md §5 uses the digits for the grey datasets): the first ten
+# fine classes of CIFAR-100, none of which is a CIFAR-10 class.
+CIFAR100_TRANSFER_CLASSES = tuple(range(10))
+
+
+def load_cifar100_transfer(
+    classes: tuple[int, ...] = CIFAR100_TRANSFER_CLASSES, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """The images of ``classes`` from both splits of CIFAR-100 (600 per class), relabelled 0, 1, ...
+
+    Returns:
+        ``(images, labels, names)``: uint8 ``[N, 3, 32, 32]``, int64 ``[N]`` in ``0..len(classes)-1``
+        (in the order of ``classes``), and the classes' names.
+    """
+    parts = [load_dataset("cifar100", split, download) for split in ("train", "test")]
+    images, fine_labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    chosen = torch.tensor(classes)
+    keep = torch.isin(fine_labels, chosen)
+    relabel = torch.full((len(CIFAR100_CLASS_NAMES),), -1, dtype=torch.long)
+    relabel[chosen] = torch.arange(len(classes))
+    return images[keep], relabel[fine_labels[keep]], tuple(CIFAR100_CLASS_NAMES[c] for c in classes)

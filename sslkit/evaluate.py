@@ -24,9 +24,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import SIMCLR_AUGMENT, AugmentConfig, augment
-from .data import NUM_CLASSES, VALIDATION_SIZE, load_digits_28, low_label_subset, to_float, validation_split
-from .weights import load_pretrained, load_probe, manifest_entry
+from .augment import SIMCLR_AUGMENT, AugmentConfig, augment, with_colour
+from .data import (
+    DEFAULT_DATASET,
+    NUM_CLASSES,
+    VALIDATION_SIZE,
+    dataset_info,
+    load_cifar100_transfer,
+    load_digits_28,
+    low_label_subset,
+    to_float,
+    validation_split,
+)
+from .weights import load_pretrained, load_probe, manifest_entry, trained_on
 
 PROBE_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 KNN_K = 200
@@ -39,7 +49,8 @@ FINE_TUNE_SEEDS = (0, 1, 2)
 def extract_features(
     encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
-    """Features of uint8 images ``[N, 28, 28]`` from a frozen encoder → float32 ``[N, D]`` on the CPU."""
+    """Features of uint8 images (``[N, 28, 28]`` grey or ``[N, 3, 32, 32]`` colour) from a frozen encoder →
+    float32 ``[N, D]`` on the CPU."""
     encoder.eval().to(device)
     chunks = []
     for start in range(0, len(images), batch_size):
@@ -245,6 +256,28 @@ def transfer_digits(
     return {"dataset": "scikit-learn digits, 8x8 upsampled to 28x28", **measured}
 
 
+def transfer_cifar100(
+    encoder: torch.nn.Module, device: str | torch.device = "cpu", repeats: int = TRANSFER_REPEATS
+) -> dict:
+    """``transfer_probe`` on the frozen features of ``data.load_cifar100_transfer``: 10 CIFAR-100 classes
+    (6,000 images, both splits), none of them a CIFAR-10 class, as the seed tutorials' downstream task."""
+    images, labels, names = load_cifar100_transfer()
+    features = extract_features(encoder, images, device=device)
+    measured = transfer_probe(features, labels, repeats=repeats)
+    return {"dataset": f"CIFAR-100, {len(names)} classes ({', '.join(names)})", **measured}
+
+
+def transfer(
+    encoder: torch.nn.Module, dataset: str = DEFAULT_DATASET, device: str | torch.device = "cpu",
+    repeats: int = TRANSFER_REPEATS,
+) -> dict:
+    """The transfer task of an encoder pretrained on ``dataset``: the digits for the grey datasets
+    (Fashion-MNIST, MNIST), 10 classes of CIFAR-100 for CIFAR-10."""
+    if dataset_info(dataset).channels == 1:
+        return transfer_digits(encoder, device, repeats)
+    return transfer_cifar100(encoder, device, repeats)
+
+
 def knn_predict(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -386,16 +419,19 @@ def uniformity(features: torch.Tensor, t: float = GEOMETRY_T) -> float:
 def geometry(
     encoder: torch.nn.Module,
     images: torch.Tensor,
-    augment_config: AugmentConfig = SIMCLR_AUGMENT,
+    augment_config: AugmentConfig | None = None,
     seed: int = GEOMETRY_SEED,
     device: str | torch.device = "cpu",
 ) -> dict:
     """Alignment and uniformity of an encoder's features (DESIGN.md §5, α = 2, t = 2).
 
-    Two seeded views of each uint8 image ``[N, 28, 28]`` are drawn with SimCLR's augmentations
-    (the same views for every encoder); alignment compares the two views of each image, and
-    uniformity, the mean of both views' values, spreads over all pairs of images.
+    Two seeded views of each uint8 image (``[N, 28, 28]``, or ``[N, 3, 32, 32]``) are drawn with
+    SimCLR's augmentations, with its colour jitter and grayscale for colour images, unless
+    ``augment_config`` names others (the same views for every encoder); alignment compares the two
+    views of each image, and uniformity, the mean of both views' values, spreads over all pairs.
     """
+    if augment_config is None:
+        augment_config = with_colour(SIMCLR_AUGMENT) if images.ndim == 4 and images.shape[1] == 3 else SIMCLR_AUGMENT
     generator = torch.Generator(device=device).manual_seed(seed)
     encoder.eval().to(device)
     views = ([], [])
@@ -469,6 +505,55 @@ def embedding_diagnostics(method: torch.nn.Module, images: torch.Tensor, block: 
     }
 
 
+# ----------------------------------------------------------------------------- an outside reference
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_REFERENCE_SIZE = 224  # the resolution ResNet-18 was trained at on ImageNet
+
+
+class ImageNetResNet18(torch.nn.Module):
+    """torchvision's ResNet-18, trained *with labels* on ImageNet, as a frozen feature extractor.
+
+    A reference of another kind, never one of the series' encoders: supervised, not
+    self-supervised; 11.7M parameters against the series' 0.3M; trained on 1.28M labelled photos.
+    ``[N, C, H, W]`` in ``[0, 1]`` (grey images are repeated to three channels) is resized to
+    ``size`` (bilinear) and normalised with ImageNet's statistics; the features are the 512
+    globally pooled values before its classifier.
+    """
+
+    def __init__(self, network: torch.nn.Module, size: int = IMAGENET_REFERENCE_SIZE):
+        super().__init__()
+        network.fc = torch.nn.Identity()
+        self.network, self.size, self.feature_dim = network, size, 512
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"ImageNetResNet18 expects images [N, 1 or 3, H, W] in [0, 1], got {tuple(x.shape)}")
+        x = F.interpolate(x.expand(-1, 3, -1, -1), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.network((x - self.pixel_mean) / self.pixel_std)
+
+
+def load_imagenet_resnet18(size: int = IMAGENET_REFERENCE_SIZE) -> ImageNetResNet18:
+    """The ImageNet reference in eval mode, its weights from torchvision (downloaded into torch.hub's
+    cache the first time). A clear ``WeightsError`` when they are neither cached nor downloadable."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from .weights import WeightsError
+
+    try:
+        network = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
+    except Exception as error:  # offline, blocked host, or a broken cache file
+        raise WeightsError(
+            f"torchvision's ImageNet weights of ResNet-18 are not in torch.hub's cache ({torch.hub.get_dir()}/"
+            f"checkpoints) and could not be downloaded ({type(error).__name__}: {error}). They are an optional "
+            "reference: run with network access (Colab), or copy resnet18-f37072fd.pth into that folder."
+        ) from error
+    return ImageNetResNet18(network, size).eval().requires_grad_(False)
+
+
 # ----------------------------------------------------------------------------- reproducing the manifest
 
 REPRODUCTION_TOLERANCE = 0.002  # 0.2 points: features on another device or torch build differ in the last bits
@@ -499,17 +584,18 @@ def remeasure_shipped(
     """Everything ``python -m sslkit results`` measures of one shipped encoder, loaded once.
 
     The shipped probe and kNN must reproduce the manifest (``ValueError`` otherwise: the weights and
-    their record disagree); alignment/uniformity on ``test_data``'s images and the digits transfer
+    their record disagree); alignment/uniformity on ``test_data``'s images and the transfer task
     are measured afresh. Returns ``evaluate_shipped``'s dict plus ``"geometry"`` and ``"transfer"``.
     """
     encoder = load_pretrained(name, device, directory)
+    dataset = trained_on(manifest_entry(name, directory))
     measured = evaluate_shipped(name, train_data, test_data, device, directory, encoder=encoder)
     differences = differences_from_manifest(name, measured, directory)
     if differences:
         raise ValueError("; ".join(differences) + "; the weights and their record disagree (republish them with "
                          f"`{manifest_entry(name, directory)['command']}`)")
     return {**measured, "geometry": geometry(encoder, test_data[0], device=device),
-            "transfer": transfer_digits(encoder, device, repeats=transfer_repeats)}
+            "transfer": transfer(encoder, dataset, device, repeats=transfer_repeats)}
 
 
 # ----------------------------------------------------------------------------- label efficiency

@@ -7,12 +7,22 @@ checkpoints, progress bar) is the one loop in ``train.py``.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import FLIP_AUGMENT, SIMCLR_AUGMENT, SUPERVISED_AUGMENT, AugmentConfig, augment, random_rotations
-from .data import NUM_CLASSES
+from .augment import (
+    FLIP_AUGMENT,
+    SIMCLR_AUGMENT,
+    SUPERVISED_AUGMENT,
+    AugmentConfig,
+    augment,
+    random_rotations,
+    with_colour,
+)
+from .data import DEFAULT_DATASET, NUM_CLASSES, dataset_info
 from .distributed import global_loss
 from .losses import dcl_loss, elbo_loss, mae_loss, nt_xent_loss, patch_statistics, reconstruction_loss, vicreg_loss
 from .models import (
@@ -23,6 +33,7 @@ from .models import (
     ProjectionHead,
     ViTEncoder,
     build_encoder,
+    encoder_config,
     patchify,
     random_masking,
     unpatchify,
@@ -45,7 +56,7 @@ class Method(nn.Module):
         self.encoder = build_encoder(encoder_config)
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor | None, generator=None) -> dict:
-        """Float images ``[B, 1, 28, 28]`` in ``[0, 1]`` → dict with a scalar ``"loss"`` (and extras)."""
+        """Float images ``[B, C, H, W]`` in ``[0, 1]`` → dict with a scalar ``"loss"`` (and extras)."""
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, generator=None) -> dict:
@@ -86,7 +97,8 @@ class Autoencoder(Method):
             raise ValueError(f"noise_std must be non-negative, got {noise_std}")
         self.noise_std = noise_std
         self.augment_config = augment_config
-        self.decoder = ConvDecoder(self.encoder.feature_dim, decoder_widths)
+        self.decoder = ConvDecoder(self.encoder.feature_dim, decoder_widths, self.encoder.in_channels,
+                                   self.encoder.input_size)
 
     def corrupt(self, images: torch.Tensor, generator=None) -> torch.Tensor:
         """The encoder's input: the images plus N(0, noise_std²) noise, clipped to [0, 1]."""
@@ -96,7 +108,7 @@ class Autoencoder(Method):
         return (images + self.noise_std * noise).clamp(0, 1)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        """Intensities ``[N, 1, 28, 28]`` in [0, 1] redrawn from the bottleneck of ``images``."""
+        """Intensities ``[N, C, H, W]`` in [0, 1] redrawn from the bottleneck of ``images``."""
         return torch.sigmoid(self.decoder(self.encoder(images)))
 
     def training_step(self, images, labels=None, generator=None):
@@ -139,7 +151,7 @@ class VAE(Method):
         self.beta = beta
         self.augment_config = augment_config
         self.posterior = GaussianHead(self.encoder.feature_dim, latent_dim)
-        self.decoder = ConvDecoder(latent_dim, decoder_widths)
+        self.decoder = ConvDecoder(latent_dim, decoder_widths, self.encoder.in_channels, self.encoder.input_size)
 
     @property
     def latent_dim(self) -> int:
@@ -150,7 +162,7 @@ class VAE(Method):
         return self.posterior(self.encoder(images))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixel intensities ``[N, 1, 28, 28]`` in [0, 1] (the Bernoulli means) for latent codes z."""
+        """Pixel intensities ``[N, C, H, W]`` in [0, 1] (the Bernoulli means) for latent codes z."""
         return torch.sigmoid(self.decoder(z))
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
@@ -447,8 +459,20 @@ METHOD_CLASSES: dict[str, type[Method]] = {
 }
 
 
-def build_method(name: str, **kwargs) -> Method:
-    """Instantiate a trainable method by name (``simclr``, ``supervised``, ...)."""
+def build_method(name: str, dataset: str = DEFAULT_DATASET, **kwargs) -> Method:
+    """Instantiate a trainable method by name (``simclr``, ``supervised``, ...) for ``dataset``.
+
+    Unless ``kwargs`` say otherwise, the encoder takes the dataset's channels, image size and pixel
+    statistics (``models.encoder_config``), and on colour images the photometric views (SimCLR's,
+    shared by DCL and VICReg) add SimCLR's colour jitter and grayscale (``augment.with_colour``).
+    """
     if name not in METHOD_CLASSES:
         raise ValueError(f"unknown method {name!r}; trainable methods are: {', '.join(METHOD_CLASSES)}")
-    return METHOD_CLASSES[name](**kwargs)
+    cls = METHOD_CLASSES[name]
+    info = dataset_info(dataset)
+    kwargs.setdefault("encoder_config", encoder_config(dataset, "vit" if cls is MAE else "resnet"))
+    default_augment = inspect.signature(cls).parameters.get("augment_config")
+    if info.channels == 3 and default_augment is not None and "augment_config" not in kwargs \
+            and default_augment.default is not None:
+        kwargs["augment_config"] = with_colour(default_augment.default)
+    return cls(**kwargs)

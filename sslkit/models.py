@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Mean and standard deviation of Fashion-MNIST training pixels in [0, 1].
-FASHION_MNIST_MEAN = 0.2860
-FASHION_MNIST_STD = 0.3530
+from .data import DATASETS, DEFAULT_DATASET, dataset_info
+
+# Mean and standard deviation of Fashion-MNIST training pixels in [0, 1]: the encoders' normalisation
+# unless their config names other statistics (the configs of other datasets do, see encoder_config).
+FASHION_MNIST_MEAN = DATASETS[DEFAULT_DATASET].mean[0]
+FASHION_MNIST_STD = DATASETS[DEFAULT_DATASET].std[0]
 
 ENCODER_CONFIG = {"widths": [32, 64, 128], "in_channels": 1}
 # MAE's encoder: 7×7 = 49 tokens of 4×4 patches, 4 pre-norm blocks of width 128 (128-d features, like the
@@ -26,6 +29,32 @@ ENCODER_CONFIG = {"widths": [32, 64, 128], "in_channels": 1}
 # (rather than ViT's 4×) keep it there.
 VIT_CONFIG = {"architecture": "vit", "image_size": 28, "patch_size": 4, "in_channels": 1, "dim": 128, "depth": 4,
               "heads": 4, "mlp_ratio": 2, "position": "sincos"}
+
+
+def encoder_config(dataset: str = DEFAULT_DATASET, architecture: str = "resnet") -> dict:
+    """The shared encoder's config for ``dataset``: ``ENCODER_CONFIG`` (``"resnet"``) or ``VIT_CONFIG``
+    (``"vit"``) for Fashion-MNIST, and for another dataset the same network with that dataset's
+    channels, image size and pixel statistics (the ResNet's pooling makes its weights size-agnostic;
+    the ViT gets one token per 4×4 patch, 64 for 32×32 images)."""
+    if architecture not in ("resnet", "vit"):
+        raise ValueError(f"architecture must be 'resnet' or 'vit', got {architecture!r}")
+    base = dict(VIT_CONFIG if architecture == "vit" else ENCODER_CONFIG)
+    if dataset == DEFAULT_DATASET:
+        return base
+    info = dataset_info(dataset)
+    return {**base, "in_channels": info.channels, "image_size": info.image_size, "mean": list(info.mean),
+            "std": list(info.std)}
+
+
+def normalization(mean: list[float] | None, std: list[float] | None, channels: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(mean, std)`` shaped ``[1, C, 1, 1]``: the given statistics, or Fashion-MNIST's."""
+    mean = [FASHION_MNIST_MEAN] * channels if mean is None else list(mean)
+    std = [FASHION_MNIST_STD] * channels if std is None else list(std)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"the normalisation needs one mean and one std per input channel ({channels}), "
+                         f"got {mean} and {std}")
+    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
 class BasicBlock(nn.Module):
@@ -50,18 +79,26 @@ class BasicBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """A small ResNet for 28×28 images: ``[N, 1, 28, 28]`` in ``[0, 1]`` → features ``[N, D]``.
+    """A small ResNet: ``[N, C, H, W]`` in ``[0, 1]`` → features ``[N, D]`` (28×28 grey by default).
 
     A stride-2 stem (28 → 14), then one basic block per stage with widths 32-64-128 (14 → 7 → 4),
     then global average pooling: D = 128, about 0.3M parameters. The stride-2 stem halves the
     cost of a full-resolution one (DESIGN.md §4: about a minute per SimCLR epoch on 2 CPU cores).
-    Inputs are normalised inside, so callers pass plain ``[0, 1]`` pixels.
+    Inputs are normalised inside, with ``mean`` and ``std`` per channel (Fashion-MNIST's when None),
+    so callers pass plain ``[0, 1]`` pixels. ``image_size``, when given, is checked on every input
+    and tells the decoders what to draw (32 for CIFAR: 32 → 16 → 8 → 4).
     """
 
-    def __init__(self, widths: list[int] | tuple[int, ...] = (32, 64, 128), in_channels: int = 1):
+    def __init__(self, widths: list[int] | tuple[int, ...] = (32, 64, 128), in_channels: int = 1,
+                 image_size: int | None = None, mean: list[float] | None = None, std: list[float] | None = None):
         super().__init__()
         self.widths = list(widths)
-        self.in_channels = in_channels
+        self.in_channels, self.image_size = in_channels, image_size
+        self.statistics = {"mean": mean, "std": std}
+        mean_tensor, std_tensor = normalization(mean, std, in_channels)
+        # Not in the state dict: the statistics are part of the config, and the shipped files stay as they are.
+        self.register_buffer("pixel_mean", mean_tensor, persistent=False)
+        self.register_buffer("pixel_std", std_tensor, persistent=False)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
@@ -73,16 +110,25 @@ class ResNetEncoder(nn.Module):
         self.feature_dim = widths[-1]
 
     def config(self) -> dict:
-        return {"widths": self.widths, "in_channels": self.in_channels}
+        extra = {"image_size": self.image_size, **self.statistics}
+        return {"widths": self.widths, "in_channels": self.in_channels,
+                **{key: value for key, value in extra.items() if value is not None}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
+        size = "H, W" if self.image_size is None else f"{self.image_size}, {self.image_size}"
+        if x.ndim != 4 or x.shape[1] != self.in_channels or (
+                self.image_size is not None and tuple(x.shape[2:]) != (self.image_size, self.image_size)):
             raise ValueError(
-                f"ResNetEncoder expects images [N, {self.in_channels}, H, W] in [0, 1], got {tuple(x.shape)}"
+                f"ResNetEncoder expects images [N, {self.in_channels}, {size}] in [0, 1], got {tuple(x.shape)}"
             )
-        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        x = (x - self.pixel_mean) / self.pixel_std
         x = self.stages(self.stem(x))
         return x.mean(dim=(2, 3))
+
+    @property
+    def input_size(self) -> int:
+        """The side of the images it takes, which decoders redraw (28 unless the config names another)."""
+        return self.image_size or 28
 
 
 class ProjectionHead(nn.Module):
@@ -105,18 +151,21 @@ class ProjectionHead(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Features ``[N, D]`` → pixel logits ``[N, 1, 28, 28]`` (apply a sigmoid for intensities).
+    """Features ``[N, D]`` → pixel logits ``[N, C, S, S]`` (apply a sigmoid for intensities); 1×28×28 by default.
 
-    The mirror image of the encoder: a linear layer to a 7×7 map of ``widths[0]`` channels, then
-    two stride-2 transposed convolutions (7 → 14 → 28) and a 3×3 convolution to one channel. The
-    output size is exactly 28×28 (tests check it): ``ConvTranspose2d(kernel 4, stride 2, padding 1)``
-    doubles the side, ``(H - 1)·2 - 2 + 4 = 2H``.
+    The mirror image of the encoder: a linear layer to an (S/4)×(S/4) map of ``widths[0]`` channels
+    (7×7 for 28×28, 8×8 for 32×32), then two stride-2 transposed convolutions (7 → 14 → 28) and a
+    3×3 convolution to ``out_channels``. The output size is exactly S×S (tests check it):
+    ``ConvTranspose2d(kernel 4, stride 2, padding 1)`` doubles the side, ``(H - 1)·2 - 2 + 4 = 2H``.
     """
 
-    def __init__(self, in_dim: int = 128, widths: list[int] | tuple[int, ...] = (64, 32, 16), out_channels: int = 1):
+    def __init__(self, in_dim: int = 128, widths: list[int] | tuple[int, ...] = (64, 32, 16), out_channels: int = 1,
+                 image_size: int = 28):
         super().__init__()
-        self.in_dim, self.widths = in_dim, list(widths)
-        self.project = nn.Sequential(nn.Linear(in_dim, widths[0] * 7 * 7), nn.ReLU())
+        if image_size % 4:
+            raise ValueError(f"ConvDecoder draws images whose side is a multiple of 4, got {image_size}")
+        self.in_dim, self.widths, self.base = in_dim, list(widths), image_size // 4
+        self.project = nn.Sequential(nn.Linear(in_dim, widths[0] * self.base**2), nn.ReLU())
         self.upsample = nn.Sequential(
             nn.ConvTranspose2d(widths[0], widths[1], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[1]), nn.ReLU(),
             nn.ConvTranspose2d(widths[1], widths[2], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[2]), nn.ReLU(),
@@ -129,7 +178,7 @@ class ConvDecoder(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 2 or features.shape[1] != self.in_dim:
             raise ValueError(f"ConvDecoder expects features [N, {self.in_dim}], got {tuple(features.shape)}")
-        return self.upsample(self.project(features).view(-1, self.widths[0], 7, 7))
+        return self.upsample(self.project(features).view(-1, self.widths[0], self.base, self.base))
 
 
 class GaussianHead(nn.Module):
@@ -146,11 +195,15 @@ class GaussianHead(nn.Module):
 
 
 class PixelFeatures(nn.Module):
-    """The raw-pixel baseline as a 'encoder': ``[N, 1, 28, 28]`` → ``[N, 784]``."""
+    """The raw-pixel baseline as a 'encoder': ``[N, C, S, S]`` → ``[N, C·S·S]`` (784 for Fashion-MNIST)."""
 
-    feature_dim = 28 * 28
+    def __init__(self, in_channels: int = 1, image_size: int = 28):
+        super().__init__()
+        self.feature_dim = in_channels * image_size * image_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x[0].numel() != self.feature_dim:
+            raise ValueError(f"PixelFeatures expects images of {self.feature_dim} values each, got {tuple(x.shape)}")
         return x.flatten(1)
 
 
@@ -271,7 +324,7 @@ def init_transformer_weights(module: nn.Module) -> None:
 class ViTEncoder(nn.Module):
     """A small Vision Transformer: ``[N, C, H, W]`` in ``[0, 1]`` → features ``[N, dim]``.
 
-    The image is cut into ``patch_size``² patches (49 for 28×28 and 4×4), each patch linearly
+    The image is cut into ``patch_size``² patches (49 for 28×28 and 4×4, 64 for 32×32), each patch linearly
     embedded (a strided convolution) and given its position embedding; ``depth`` pre-norm blocks
     and a final LayerNorm follow. The features are the mean of the tokens after the final norm.
     ``tokens(x, keep)`` encodes only the patches indexed by ``keep``: MAE's encoder never sees
@@ -280,7 +333,7 @@ class ViTEncoder(nn.Module):
 
     def __init__(self, image_size: int = 28, patch_size: int = 4, in_channels: int = 1, dim: int = 128,
                  depth: int = 4, heads: int = 4, mlp_ratio: int = 2, position: str = "sincos",
-                 architecture: str = "vit"):
+                 architecture: str = "vit", mean: list[float] | None = None, std: list[float] | None = None):
         super().__init__()
         if architecture != "vit" or position not in ("sincos", "learned"):
             raise ValueError(f"ViTEncoder: architecture must be 'vit' and position 'sincos' or 'learned', "
@@ -290,6 +343,10 @@ class ViTEncoder(nn.Module):
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
         self.dim, self.depth, self.heads, self.mlp_ratio, self.position = dim, depth, heads, mlp_ratio, position
         self.num_patches = (image_size // patch_size) ** 2
+        self.statistics = {"mean": mean, "std": std}  # of the pixels, per channel; None: Fashion-MNIST's
+        mean_tensor, std_tensor = normalization(mean, std, in_channels)
+        self.register_buffer("pixel_mean", mean_tensor, persistent=False)
+        self.register_buffer("pixel_std", std_tensor, persistent=False)
         self.patch_embedding = nn.Conv2d(in_channels, dim, patch_size, patch_size)
         embedding = sincos_position_embedding(image_size // patch_size, dim).unsqueeze(0)
         if position == "learned":  # starts from the sine-cosine values, then trained
@@ -307,7 +364,8 @@ class ViTEncoder(nn.Module):
     def config(self) -> dict:
         return {"architecture": "vit", "image_size": self.image_size, "patch_size": self.patch_size,
                 "in_channels": self.in_channels, "dim": self.dim, "depth": self.depth, "heads": self.heads,
-                "mlp_ratio": self.mlp_ratio, "position": self.position}
+                "mlp_ratio": self.mlp_ratio, "position": self.position,
+                **{key: value for key, value in self.statistics.items() if value is not None}}
 
     def tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Encoded tokens ``[N, L', dim]`` after the final norm, of all patches or those in ``keep`` ``[N, L']``."""
@@ -315,7 +373,7 @@ class ViTEncoder(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"ViTEncoder expects images [N, {', '.join(map(str, expected))}] in [0, 1], "
                              f"got {tuple(x.shape)}")
-        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        x = (x - self.pixel_mean) / self.pixel_std
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2) + self.position_embedding
         if keep is not None:
             tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, self.dim))

@@ -14,23 +14,30 @@ IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 
 
 def _as_images(images: torch.Tensor) -> np.ndarray:
-    """uint8 ``[N, 28, 28]`` or float ``[N, 1, 28, 28]`` → float array ``[N, 28, 28]`` in [0, 1]."""
+    """uint8 ``[N, H, W]`` or ``[N, C, H, W]``, or float ``[N, C, H, W]`` in [0, 1] → float array in [0, 1]:
+    ``[N, H, W]`` for grey images, ``[N, H, W, 3]`` for colour ones (what ``imshow`` draws)."""
     images = images.detach().cpu()
     if images.dtype == torch.uint8:
         images = images.float() / 255
+    if images.ndim == 4 and images.shape[1] == 3:
+        return images.permute(0, 2, 3, 1).clamp(0, 1).numpy()
     return images.reshape(len(images), *images.shape[-2:]).numpy()
 
 
+def _imshow(ax: plt.Axes, picture: np.ndarray) -> None:
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
+
+
 def _draw_image(ax: plt.Axes, picture: np.ndarray) -> None:
-    """One grey image in [0, 1] on ``ax``, without ticks (the frame stays, for labels and colours)."""
-    ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
+    """One image in [0, 1] on ``ax``, without ticks (the frame stays, for labels and colours)."""
+    _imshow(ax, picture)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def show_images(images: torch.Tensor, titles: list[str] | None = None, columns: int = 8, title: str | None = None,
                 size: float = 1.3) -> plt.Figure:
-    """A grid of grey images with optional per-image titles."""
+    """A grid of images (grey or colour) with optional per-image titles."""
     pictures = _as_images(images)
     rows = int(np.ceil(len(pictures) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * (1.3 if titles else 1)),
@@ -38,7 +45,7 @@ def show_images(images: torch.Tensor, titles: list[str] | None = None, columns: 
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(pictures):
-            ax.imshow(pictures[i], cmap="gray", vmin=0, vmax=1)
+            _imshow(ax, pictures[i])
             if titles:
                 ax.set_title(titles[i], fontsize=8)
     if title:

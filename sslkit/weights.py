@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .augment import AugmentConfig
+from .data import DEFAULT_DATASET, dataset_info
 from .models import PixelFeatures, build_encoder
 
 METHODS = ("autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae")
@@ -36,11 +37,13 @@ class WeightsError(ValueError):
     """Shipped weights are missing, corrupt, tampered with or do not fit the architecture."""
 
 
-def weights_dir() -> Path:
-    """``$SSLKIT_WEIGHTS`` if set, else the repository's ``weights/`` (found from the package, not the cwd)."""
-    if os.environ.get("SSLKIT_WEIGHTS"):
-        return Path(os.environ["SSLKIT_WEIGHTS"])
-    return Path(__file__).resolve().parent.parent / "weights"
+def weights_dir(dataset: str = DEFAULT_DATASET) -> Path:
+    """``$SSLKIT_WEIGHTS`` if set, else the repository's ``weights/`` (found from the package, not the cwd);
+    for a dataset other than Fashion-MNIST, its subfolder (``weights/cifar10/``), with its own manifest."""
+    dataset_info(dataset)  # a clear error for unknown names
+    root = Path(os.environ["SSLKIT_WEIGHTS"]) if os.environ.get("SSLKIT_WEIGHTS") else (
+        Path(__file__).resolve().parent.parent / "weights")
+    return root if dataset == DEFAULT_DATASET else root / dataset
 
 
 def sha256_file(path: str | Path) -> str:
@@ -94,15 +97,30 @@ def check_name(name: str) -> None:
         )
 
 
-def manifest_entry(name: str, directory: str | Path | None = None) -> dict:
-    """The manifest entry of ``name``, with a clear error if it has no shipped weights yet."""
+def trained_on(entry: dict) -> str:
+    """The dataset a manifest entry's weights were trained on (entries from before ``--dataset``: Fashion-MNIST)."""
+    return entry.get("dataset", DEFAULT_DATASET)
+
+
+def manifest_entry(name: str, directory: str | Path | None = None, dataset: str | None = None) -> dict:
+    """The manifest entry of ``name`` in ``directory`` (default: ``weights_dir(dataset)``), with a clear
+    error if it has no weights there yet or, when ``dataset`` is given, if they were trained on another."""
     check_name(name)
+    directory = Path(directory or weights_dir(dataset or DEFAULT_DATASET))
     entries = load_manifest(directory)["methods"]
     if name not in entries:
         shipped = ", ".join(sorted(entries)) or "none"
+        option = "" if dataset in (None, DEFAULT_DATASET) else f" --dataset {dataset}"
         raise WeightsError(
-            f"no weights are shipped for {name!r} yet (shipped: {shipped}); train them with "
-            f"`python -m sslkit pretrain {name}`"
+            f"no weights for {name!r} are in {directory} yet (there: {shipped}); "
+            f"train them with `python -m sslkit pretrain {name}{option}`"
+        )
+    if dataset is not None and trained_on(entries[name]) != dataset:
+        actual = trained_on(entries[name])
+        raise WeightsError(
+            f"the weights of {name!r} in {directory} were trained on {dataset_info(actual).title}, not on "
+            f"{dataset_info(dataset).title}: pass dataset={actual!r} (--dataset {actual}), or the folder of the "
+            f"{dataset!r} weights, {weights_dir(dataset)}"
         )
     return entries[name]
 
@@ -176,17 +194,23 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     return module
 
 
-def load_pretrained(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None) -> nn.Module:
+def load_pretrained(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None,
+                    dataset: str | None = None) -> nn.Module:
     """The frozen, verified encoder of a method or baseline, in eval mode.
 
-    Input: float ``[N, 1, 28, 28]`` in ``[0, 1]``. Output: features ``[N, D]``: the globally
-    pooled output of the encoder trunk, before any method head (raw pixels for ``"pixels"``).
+    Input: float ``[N, C, H, W]`` in ``[0, 1]``: ``[N, 1, 28, 28]`` for Fashion-MNIST (the default) and
+    MNIST, ``[N, 3, 32, 32]`` for CIFAR-10. Output: features ``[N, D]``: the globally pooled output of
+    the encoder trunk, before any method head (raw pixels for ``"pixels"``). ``dataset`` names the
+    dataset the weights were trained on: they are looked up in its folder, ``weights_dir(dataset)``,
+    and loading fails if they were trained on another. Without it, the weights in ``directory``
+    (default: Fashion-MNIST's ``weights/``) are loaded, whichever dataset they were trained on.
     """
-    directory = Path(directory or weights_dir())
-    entry = manifest_entry(name, directory)
+    directory = Path(directory or weights_dir(dataset or DEFAULT_DATASET))
+    entry = manifest_entry(name, directory, dataset)
     state = load_state(name, directory)
     if entry["config"].get("encoder") is None:
-        encoder: nn.Module = PixelFeatures()
+        info = dataset_info(trained_on(entry))
+        encoder: nn.Module = PixelFeatures(info.channels, info.image_size)
     else:
         encoder = build_encoder(entry["config"]["encoder"])
         load_into(encoder, submodule_state(state, "encoder."), f"{directory / entry['file']} (encoder.*)")
@@ -194,19 +218,20 @@ def load_pretrained(name: str, device: str | torch.device = "cpu", directory: st
     return encoder.to(device)
 
 
-def load_method(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None) -> nn.Module:
+def load_method(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None,
+                dataset: str | None = None) -> nn.Module:
     """The whole trained method (encoder and heads, e.g. SimCLR's projector), verified, in eval mode."""
     from .methods import METHOD_CLASSES, build_method
 
     if name not in METHOD_CLASSES:
         raise ValueError(f"{name!r} has no trainable method class; methods with heads: {', '.join(METHOD_CLASSES)}")
-    directory = Path(directory or weights_dir())
-    entry = manifest_entry(name, directory)
+    directory = Path(directory or weights_dir(dataset or DEFAULT_DATASET))
+    entry = manifest_entry(name, directory, dataset)
     config = dict(entry["config"])
     if "augment" in config:
         augment = config.pop("augment")
         config["augment_config"] = None if augment is None else AugmentConfig.from_dict(augment)
-    method = build_method(name, encoder_config=config.pop("encoder"), **config)
+    method = build_method(name, trained_on(entry), encoder_config=config.pop("encoder"), **config)
     state = {key: value for key, value in load_state(name, directory).items() if not key.startswith("probe.")}
     load_into(method, state, str(directory / entry["file"]))
     return method.eval().requires_grad_(False).to(device)

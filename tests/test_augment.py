@@ -1,14 +1,25 @@
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from sslkit.augment import (
+    FLIP_AUGMENT,
     SIMCLR_AUGMENT,
+    SIMCLR_COLOUR,
+    SUPERVISED_AUGMENT,
     AugmentConfig,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
     augment,
+    colour_jitter,
     four_rotations,
     gaussian_blur,
     random_erasing,
+    random_grayscale,
+    random_resized_crop_and_flip,
     random_rotations,
+    with_colour,
 )
 
 IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
@@ -93,6 +104,149 @@ def test_rejects_non_float_batches(small_batch):
         augment((small_batch[0] * 255).to(torch.uint8))
     with pytest.raises(ValueError, match="float batch"):
         augment(small_batch[0][0])
+
+
+@pytest.fixture(scope="module")
+def colour_batch():
+    """16 random RGB images [16, 3, 32, 32] in [0, 1], with grey, black, white and tied pixels in corners."""
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images[0, :, :4, :4] = 0.5
+    images[1, :, :4, :4] = 0.0
+    images[2, :, :4, :4] = 1.0
+    images[3, 1, :4, :4] = images[3, 0, :4, :4]  # red and green tie for the largest channel
+    return images
+
+
+def per_image(function, images, factors):
+    return torch.stack([function(image, float(factor)) for image, factor in zip(images, factors, strict=True)])
+
+
+def test_contrast_of_rgb_images_stretches_around_the_luminance_mean_like_torchvision(colour_batch):
+    factors = torch.linspace(0.0, 2.0, len(colour_batch))
+    expected = per_image(TF.adjust_contrast, colour_batch, factors)
+    assert torch.allclose(adjust_contrast(colour_batch, factors), expected, atol=1e-5)
+
+
+def test_saturation_blends_with_the_luminance_like_torchvision(colour_batch):
+    factors = torch.linspace(0.0, 2.0, len(colour_batch))
+    expected = per_image(TF.adjust_saturation, colour_batch, factors)
+    assert torch.allclose(adjust_saturation(colour_batch, factors), expected, atol=1e-5)
+
+
+def test_hue_rotates_like_torchvision(colour_batch):
+    shifts = torch.linspace(-0.5, 0.5, len(colour_batch))
+    expected = per_image(TF.adjust_hue, colour_batch, shifts)
+    assert torch.allclose(adjust_hue(colour_batch, shifts), expected, atol=1e-5)
+    # No shift gives the image back (to float precision: the HSV round trip is not exact).
+    assert torch.allclose(adjust_hue(colour_batch, torch.zeros(16)), colour_batch, atol=1e-6)
+
+
+def test_random_grayscale_gives_torchvisions_luminance_in_three_channels(colour_batch):
+    config = AugmentConfig(grayscale_prob=1.0)
+    grey = random_grayscale(colour_batch, config, torch.Generator().manual_seed(0))
+    assert torch.allclose(grey, TF.rgb_to_grayscale(colour_batch, num_output_channels=3), atol=1e-5)
+    some = random_grayscale(colour_batch, AugmentConfig(grayscale_prob=0.5), torch.Generator().manual_seed(0))
+    is_grey = (some == some[:, :1]).all(dim=(1, 2, 3))
+    assert 0 < is_grey.sum() < len(colour_batch)
+    assert torch.equal(some[~is_grey], colour_batch[~is_grey])  # the others are untouched
+
+
+def test_colour_jitter_applies_brightness_contrast_saturation_hue_in_that_order(colour_batch):
+    # Replay the documented draws (subset, brightness, contrast, saturation, hue) and apply
+    # torchvision's functions in the same order, image by image.
+    config = AugmentConfig(jitter_prob=0.5, saturation=0.4, hue=0.1)
+    n = len(colour_batch)
+    replay = torch.Generator().manual_seed(3)
+    applied = torch.rand(n, generator=replay) < config.jitter_prob
+    brightness, contrast, saturation = (0.6 + 0.8 * torch.rand(n, generator=replay) for _ in range(3))
+    hue = -0.1 + 0.2 * torch.rand(n, generator=replay)
+    expected = colour_batch.clone()
+    for i in applied.nonzero().flatten().tolist():
+        image = TF.adjust_brightness(colour_batch[i], float(brightness[i]))
+        image = TF.adjust_contrast(image, float(contrast[i]))
+        image = TF.adjust_saturation(image, float(saturation[i]))
+        expected[i] = TF.adjust_hue(image, float(hue[i]))
+    jittered = colour_jitter(colour_batch, config, torch.Generator().manual_seed(3))
+    assert 0 < applied.sum() < n
+    assert torch.allclose(jittered, expected, atol=1e-5)
+
+
+def test_colour_operations_leave_grey_images_unchanged(small_batch):
+    images, _ = small_batch
+    factors = torch.linspace(0.0, 2.0, len(images))
+    assert torch.equal(adjust_saturation(images, factors), images)
+    assert torch.equal(adjust_hue(images, factors / 4 - 0.25), images)
+    assert torch.equal(random_grayscale(images, AugmentConfig(grayscale_prob=1.0)), images)
+
+
+@pytest.mark.parametrize("config", [SIMCLR_AUGMENT, SUPERVISED_AUGMENT, FLIP_AUGMENT, AugmentConfig(erase_prob=0.5)],
+                         ids=["simclr", "supervised", "flip", "erase"])
+def test_grey_presets_draw_nothing_for_colour_and_give_the_same_views(small_batch, config):
+    # Shipped results were measured with seeded views: a config without the colour fields must draw
+    # the same random numbers as before they existed, and make bitwise the same views.
+    images, _ = small_batch
+    generator = torch.Generator().manual_seed(0)
+    views = augment(images, config, generator)
+    replay = torch.Generator().manual_seed(0)
+    expected = random_resized_crop_and_flip(images, config, replay)
+    if config.jitter_prob > 0:  # the brightness-and-contrast jitter as it was: subset, brightness, contrast
+        n = len(images)
+        applied = torch.rand(n, generator=replay) < config.jitter_prob
+        brightness = 1 - config.brightness + 2 * config.brightness * torch.rand(n, generator=replay)
+        contrast = 1 - config.contrast + 2 * config.contrast * torch.rand(n, generator=replay)
+        expected = (expected * torch.where(applied, brightness, 1.0).view(n, 1, 1, 1)).clamp(0, 1)
+        mean = expected.mean(dim=(1, 2, 3), keepdim=True)
+        expected = ((expected - mean) * torch.where(applied, contrast, 1.0).view(n, 1, 1, 1) + mean).clamp(0, 1)
+    if config.blur_prob > 0:
+        expected = gaussian_blur(expected, config, replay)
+    if config.erase_prob > 0:
+        expected = random_erasing(expected, config, replay)
+    assert torch.equal(generator.get_state(), replay.get_state())
+    assert torch.equal(views, expected)
+
+
+def test_hue_must_be_at_most_half_a_turn():
+    for hue in (-0.1, 0.6):
+        with pytest.raises(ValueError, match=r"hue must be in \[0, 0.5\]"):
+            AugmentConfig(hue=hue)
+    assert AugmentConfig(hue=0.5).hue == 0.5
+
+
+def test_colour_operations_reject_other_channel_counts():
+    two_channels = torch.rand(4, 2, 8, 8)
+    for config in (AugmentConfig(saturation=0.4), AugmentConfig(hue=0.1)):
+        with pytest.raises(ValueError, match="grey .* or RGB"):
+            colour_jitter(two_channels, config)
+    with pytest.raises(ValueError, match="grey .* or RGB"):
+        augment(two_channels, AugmentConfig(jitter_prob=0.0, grayscale_prob=0.2))
+    assert augment(two_channels).shape == two_channels.shape  # without colour, any channel count works
+
+
+def test_with_colour_adds_simclrs_colour_to_photometric_presets_only():
+    coloured = with_colour(SIMCLR_AUGMENT)
+    assert (coloured.saturation, coloured.hue, coloured.grayscale_prob) == (0.4, 0.1, 0.2)
+    assert {key: coloured.to_dict()[key] for key in SIMCLR_COLOUR} == SIMCLR_COLOUR
+    assert AugmentConfig(**{**coloured.to_dict(), **{key: 0.0 for key in SIMCLR_COLOUR}}) == SIMCLR_AUGMENT
+    assert with_colour(SUPERVISED_AUGMENT) == SUPERVISED_AUGMENT
+    assert with_colour(FLIP_AUGMENT) == FLIP_AUGMENT
+
+
+def test_colour_views_of_rgb_batches(colour_batch):
+    config = with_colour(SIMCLR_AUGMENT)
+    views = augment(colour_batch, config, torch.Generator().manual_seed(0))
+    assert views.shape == (16, 3, 32, 32) and views.dtype == torch.float32
+    assert views.min() >= 0.0 and views.max() <= 1.0 and torch.isfinite(views).all()
+    assert torch.equal(views, augment(colour_batch, config, torch.Generator().manual_seed(0)))
+    all_grey = augment(colour_batch, AugmentConfig(**{**config.to_dict(), "grayscale_prob": 1.0}))
+    assert (all_grey == all_grey[:, :1]).all()
+
+
+def test_from_dict_reads_configs_stored_before_the_colour_fields():
+    stored = {key: list(value) if isinstance(value, tuple) else value for key, value in SIMCLR_AUGMENT.to_dict().items()
+              if key not in SIMCLR_COLOUR}
+    assert AugmentConfig.from_dict(stored) == SIMCLR_AUGMENT
+    coloured = with_colour(SIMCLR_AUGMENT)
+    assert AugmentConfig.from_dict(coloured.to_dict()) == coloured
 
 
 def rotate_back(rotated: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

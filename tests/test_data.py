@@ -46,7 +46,7 @@ def test_missing_data_offline_names_places_and_both_remedies(tmp_path, monkeypat
     monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "repo-data")
     monkeypatch.setattr(data, "DEBIAN_DATA_DIR", tmp_path / "debian")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, "_download", lambda split: None)  # offline
+    monkeypatch.setattr(data, "_download", lambda info, split: None)  # offline
     with pytest.raises(DataNotFoundError) as error:
         load_fashion_mnist("train")
     message = str(error.value)

@@ -18,3 +18,22 @@ def test_geometry_plot_puts_each_encoder_at_its_uniformity_and_alignment_in_its_
     assert np.allclose(ax.collections[1].get_facecolor()[0][:3], 0)  # the style reached the scatter
     assert [text.get_text() for text in ax.get_legend().get_texts()] == ["SimCLR (probe 89.0%)", "Random (probe 80.1%)"]
     plt.close(fig)
+
+
+def test_show_images_draws_grey_images_in_grey_and_colour_images_in_colour():
+    import torch
+
+    from sslkit.plots import show_images
+
+    colour = torch.rand(3, 3, 32, 32)
+    fig = show_images(colour, columns=3)
+    drawn = fig.axes[0].get_images()[0]
+    assert drawn.get_array().shape == (32, 32, 3)
+    assert np.allclose(drawn.get_array(), colour[0].permute(1, 2, 0).numpy())  # channels last, values unchanged
+    plt.close(fig)
+    grey = (torch.rand(2, 28, 28) * 255).to(torch.uint8)
+    fig = show_images(grey, columns=2)
+    drawn = fig.axes[0].get_images()[0]
+    assert drawn.get_array().shape == (28, 28) and drawn.get_cmap().name == "gray"
+    assert np.allclose(drawn.get_array(), grey[0].numpy() / 255)
+    plt.close(fig)
