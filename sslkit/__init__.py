@@ -1,7 +1,8 @@
 """sslkit: the helper package of a notebook-first tutorial series on self-supervised learning.
 
 ``load_pretrained(name)`` returns the frozen encoder of any method in ``METHODS`` or baseline in
-``BASELINES``, verified against ``weights/manifest.json``.
+``BASELINES``, verified against ``weights/manifest.json``; ``load_pretrained(name, dataset="cifar10")``
+the one you trained on another dataset (``python -m sslkit pretrain NAME --dataset cifar10``).
 """
 
 __version__ = "0.1.0"

@@ -255,7 +255,7 @@ def test_colour_images_get_simclrs_colour_jitter_and_grayscale_and_grey_ones_do_
     assert build_method("vae", "cifar10").augment_config is None
 
 
-def test_the_imagenet_reference_takes_grey_and_colour_images(monkeypatch):
+def test_the_imagenet_reference_takes_grey_and_colour_images():
     from torchvision.models import resnet18
 
     reference = ImageNetResNet18(resnet18(weights=None), size=64).eval()  # a random network: no download
@@ -265,13 +265,18 @@ def test_the_imagenet_reference_takes_grey_and_colour_images(monkeypatch):
     torch.testing.assert_close(reference(grey), reference(grey.expand(-1, 3, -1, -1)))  # grey = three equal channels
 
 
-def test_the_imagenet_reference_offline_is_a_clear_error(monkeypatch):
+@pytest.fixture
+def imagenet_offline(monkeypatch):
+    """torchvision's ResNet-18 constructor as it behaves offline: fetching the ImageNet weights fails."""
     import torchvision.models
 
     def offline_resnet18(weights=None):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.models, "resnet18", offline_resnet18)
+
+
+def test_the_imagenet_reference_offline_is_a_clear_error(imagenet_offline):
     with pytest.raises(WeightsError, match="could not be downloaded .*optional reference"):
         load_imagenet_resnet18()
 
@@ -351,7 +356,7 @@ def test_weights_of_one_dataset_are_not_loaded_as_anothers(weights, capsys):
     assert "trained on CIFAR-10, not on MNIST" in capsys.readouterr().err
 
 
-def test_the_other_commands_take_the_dataset_too(weights, capsys, monkeypatch):
+def test_the_other_commands_take_the_dataset_too(weights, capsys, imagenet_offline):
     assert main(["geometry", "simclr", "--dataset", "cifar10", "--limit", "120"]) == 0
     assert main(["transfer", "random", "--dataset", "cifar10", "--repeats", "1"]) == 0
     assert main(["finetune", "random", "--dataset", "cifar10", "--limit", "120", "--steps", "2", "--seeds", "0",
@@ -364,13 +369,6 @@ def test_the_other_commands_take_the_dataset_too(weights, capsys, monkeypatch):
     assert entries["random"]["results"]["fine_tune"]["fractions"]["0.5"]["labels"] == 60
     assert entries["simclr"]["results"]["sweeps"]["batch_size"]["runs"][0]["value"] == 32
     capsys.readouterr()
-
-    import torchvision.models
-
-    def offline_resnet18(weights=None):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torchvision.models, "resnet18", offline_resnet18)
     assert main(["transfer", "simclr", "--dataset", "cifar10", "--imagenet-reference"]) == 2
     assert "ImageNet weights of ResNet-18" in capsys.readouterr().err
 
