@@ -18,8 +18,8 @@ from .data import (
     PRETRAIN_DATASETS,
     DataNotFoundError,
     dataset_info,
-    load_cifar100_transfer,
     load_dataset,
+    locate,
 )
 from .evaluate import (
     FINE_TUNE_FRACTIONS,
@@ -163,8 +163,9 @@ def processes_note() -> str:
 def pretrain(args: argparse.Namespace, device: torch.device) -> None:
     """Train (in every process under torchrun), then evaluate and publish (in the main process)."""
     (train_images, train_labels), (test_images, test_labels) = load_splits(args.limit, args.dataset)
-    if dataset_info(args.dataset).channels == 3:
-        load_cifar100_transfer()  # the transfer task's data: missing, it should stop the run before training
+    if dataset_info(args.dataset).channels == 3:  # the transfer task's files: missing, they stop the run early
+        for split in ("train", "test"):
+            locate("cifar100", split)
     command = args.command_line
     entry = {"command": command, "dataset": args.dataset, "torch_version": torch.__version__,
              "sslkit_version": __version__}

@@ -72,6 +72,12 @@ def with_colour(config: AugmentConfig) -> AugmentConfig:
     return replace(config, **SIMCLR_COLOUR) if config.jitter_prob > 0 else config
 
 
+def simclr_views(images: torch.Tensor) -> AugmentConfig:
+    """SimCLR's augmentation for these images (uint8 or float, ``[N, H, W]`` or ``[N, C, H, W]``):
+    ``SIMCLR_AUGMENT``, with its colour jitter and grayscale when they are RGB."""
+    return with_colour(SIMCLR_AUGMENT) if images.ndim == 4 and images.shape[1] == 3 else SIMCLR_AUGMENT
+
+
 def _uniform(n: int, low: float, high: float, like: torch.Tensor, generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, device=like.device, generator=generator)
 

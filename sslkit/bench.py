@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .augment import SIMCLR_AUGMENT, AugmentConfig, augment, with_colour
+from .augment import AugmentConfig, augment, simclr_views
 from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, dataset_info, load_dataset, to_float
 from .methods import METHOD_CLASSES, build_method
 from .train import TrainConfig, describe_device, resolve_device, train
@@ -93,8 +93,7 @@ def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: i
     """Images per second of each pipeline; the data start as uint8 on the CPU for the DataLoader path.
 
     The augmentation is SimCLR's, with its colour jitter and grayscale for colour images."""
-    colour = images.ndim == 4 and images.shape[1] == 3
-    config, size = with_colour(SIMCLR_AUGMENT) if colour else SIMCLR_AUGMENT, images.shape[-1]
+    config, size = simclr_views(images), images.shape[-1]
     on_device = images.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -170,8 +169,8 @@ def train_throughput(name: str, device: str, batch_size: int, steps: int, compil
     if synthetic:
         info = dataset_info(dataset)
         generator = torch.Generator().manual_seed(0)
-        shape = (info.image_size,) * 2 if info.channels == 1 else info.shape
-        images = torch.randint(0, 256, (info.sizes["train"], *shape), dtype=torch.uint8, generator=generator)
+        images = torch.randint(0, 256, (info.sizes["train"], *info.stored_shape), dtype=torch.uint8,
+                               generator=generator)
         labels = torch.randint(0, len(info.class_names), (info.sizes["train"],), generator=generator)
     else:
         images, labels = load_dataset(dataset, "train")

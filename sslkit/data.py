@@ -50,6 +50,11 @@ class DatasetInfo:
         """``(C, H, W)`` of one image as the encoders see it."""
         return (self.channels, self.image_size, self.image_size)
 
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of one uint8 image as ``load_dataset`` returns it: ``(H, W)`` grey, ``(C, H, W)`` colour."""
+        return self.shape[1:] if self.channels == 1 else self.shape
+
 
 CIFAR100_CLASS_NAMES = (
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
@@ -237,6 +242,21 @@ def _not_found_message(info: DatasetInfo, split: str, searched: list[Path], down
     return f"{info.title} ({split}) was not found. Searched:\n{places}\n{tried}Get it in one of two ways:\n{ways}"
 
 
+def locate(dataset: str, split: str, download: bool = True) -> list[Path]:
+    """The files of one split of ``dataset``, found in ``candidate_dirs`` or downloaded by torchvision
+    (when ``download``); ``DataNotFoundError`` naming the places searched when neither works."""
+    info = dataset_info(dataset)
+    if split not in info.files:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    searched = candidate_dirs(dataset)
+    found = _find_split(info, split, searched)
+    if found is None and download:
+        found = _download(info, split)
+    if found is None:
+        raise DataNotFoundError(_not_found_message(info, split, searched, download))
+    return found
+
+
 def load_dataset(
     dataset: str = DEFAULT_DATASET, split: str = "train", download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,21 +273,14 @@ def load_dataset(
         ``[N, 3, 32, 32]`` for CIFAR, and int64 labels ``[N]`` (CIFAR-100: its 100 fine labels).
     """
     info = dataset_info(dataset)
-    if split not in info.files:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    searched = candidate_dirs(dataset)
-    found = _find_split(info, split, searched)
-    if found is None and download:
-        found = _download(info, split)
-    if found is None:
-        raise DataNotFoundError(_not_found_message(info, split, searched, download))
+    found = locate(dataset, split, download)
     if info.channels == 1:
         images, labels = _read_idx(found[0]), _read_idx(found[1]).astype(np.int64)
     else:
         label_key = "fine_labels" if dataset == "cifar100" else "labels"
         batches = [_read_cifar_batch(path, label_key) for path in found]
         images, labels = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-    expected = (info.image_size, info.image_size) if info.channels == 1 else info.shape
+    expected = info.stored_shape
     if images.shape[1:] != expected or len(images) != len(labels):
         raise ValueError(f"{found[0].parent} does not hold {info.title} images of shape {expected} with one label "
                          f"each (images {images.shape}, labels {labels.shape})")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import SIMCLR_AUGMENT, AugmentConfig, augment, with_colour
+from .augment import AugmentConfig, augment, simclr_views
 from .data import (
     DEFAULT_DATASET,
     NUM_CLASSES,
@@ -430,8 +430,7 @@ def geometry(
     ``augment_config`` names others (the same views for every encoder); alignment compares the two
     views of each image, and uniformity, the mean of both views' values, spreads over all pairs.
     """
-    if augment_config is None:
-        augment_config = with_colour(SIMCLR_AUGMENT) if images.ndim == 4 and images.shape[1] == 3 else SIMCLR_AUGMENT
+    augment_config = simclr_views(images) if augment_config is None else augment_config
     generator = torch.Generator(device=device).manual_seed(seed)
     encoder.eval().to(device)
     views = ([], [])
