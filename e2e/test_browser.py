@@ -39,11 +39,13 @@ FIRST_CELL_SECONDS = 60  # the first cell (imports, data, weights) must not keep
 try:
     import playwright.sync_api as playwright_api
 except ImportError:
-    pytest.fail("The playwright package is not installed: pip install -r requirements.txt (make setup does it)",
-                pytrace=False)
+    pytest.fail(
+        "The playwright package is not installed: pip install -r requirements.txt (make setup does it)", pytrace=False
+    )
 if CHROMIUM is None:
-    pytest.fail("Chromium is not installed: apt-get install chromium (make test-browser does it as root)",
-                pytrace=False)
+    pytest.fail(
+        "Chromium is not installed: apt-get install chromium (make test-browser does it as root)", pytrace=False
+    )
 
 
 def free_loopback_port() -> int:
@@ -57,17 +59,30 @@ def jupyterlab(tmp_path_factory):
     """A JupyterLab server on 127.0.0.1 with a fresh token; stopped (its whole process group) at the end."""
     settings = tmp_path_factory.mktemp("lab-settings")
     # Render every cell (no virtual scrolling), so the checks see the whole notebook; no news pop-up.
-    for name, value in {"notebook-extension/tracker": {"windowingMode": "none", "autoStartDefaultKernel": True},
-                        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-                        # Never write the committed notebooks: the test runs them and throws the outputs away.
-                        "docmanager-extension/plugin": {"autosave": False}}.items():
+    for name, value in {
+        "notebook-extension/tracker": {"windowingMode": "none", "autoStartDefaultKernel": True},
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+        # Never write the committed notebooks: the test runs them and throws the outputs away.
+        "docmanager-extension/plugin": {"autosave": False},
+    }.items():
         path = settings / "@jupyterlab" / f"{name}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
     port, token = free_loopback_port(), secrets.token_hex(16)
-    command = [sys.executable, "-m", "jupyter", "lab", "notebooks/", "--no-browser", "--ServerApp.ip=127.0.0.1",
-               f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-               f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp_path_factory.mktemp('ws')}"]
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "notebooks/",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--LabApp.user_settings_dir={settings}",
+        f"--LabApp.workspaces_dir={tmp_path_factory.mktemp('ws')}",
+    ]
     if os.geteuid() == 0:
         command.append("--allow-root")
     log = open(tmp_path_factory.mktemp("lab-log") / "server.log", "w")
@@ -123,8 +138,12 @@ WRAPPED_LINES = """els => els.filter(e => {
 
 def committed_outputs(name: str) -> list[dict]:
     notebook = json.loads((REPO / "notebooks" / name).read_text())
-    return [output.get("data", {}) for cell in notebook["cells"] if cell["cell_type"] == "code"
-            for output in cell.get("outputs", [])]
+    return [
+        output.get("data", {})
+        for cell in notebook["cells"]
+        if cell["cell_type"] == "code"
+        for output in cell.get("outputs", [])
+    ]
 
 
 def committed_figures(name: str) -> int:
@@ -134,8 +153,11 @@ def committed_figures(name: str) -> int:
 
 def committed_explorers(name: str) -> int:
     """ipywidgets explorers (interact) in the committed notebook; progress bars are widgets too, not counted."""
-    return sum("application/vnd.jupyter.widget-view+json" in data
-               and "".join(data.get("text/plain", "")).startswith("interactive(") for data in committed_outputs(name))
+    return sum(
+        "application/vnd.jupyter.widget-view+json" in data
+        and "".join(data.get("text/plain", "")).startswith("interactive(")
+        for data in committed_outputs(name)
+    )
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -159,27 +181,33 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, browser, name):
         started = time.monotonic()
         page.wait_for_function(
             "() => /^\\[\\d+\\]:$/.test(document.querySelector('.jp-CodeCell .jp-InputPrompt').textContent.trim())",
-            timeout=FIRST_CELL_SECONDS * 1000)
+            timeout=FIRST_CELL_SECONDS * 1000,
+        )
         first_cell_seconds = time.monotonic() - started
         page.wait_for_function(  # every code cell has run: no "[*]" or "[ ]" prompt left
             """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
-                       .every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()))""", timeout=RUN_TIMEOUT_MS)
+                       .every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()))""",
+            timeout=RUN_TIMEOUT_MS,
+        )
         page.wait_for_selector(idle, timeout=60_000)
 
         errors = page.eval_on_selector_all(
             ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
-            "els => els.map(e => e.textContent.slice(0, 500))")
+            "els => els.map(e => e.textContent.slice(0, 500))",
+        )
         assert errors == [], f"{name}: error output in the browser: {errors}"
 
-        images = page.eval_on_selector_all(".jp-RenderedImage img",
-                                           "els => els.map(e => [e.naturalWidth, e.clientWidth])")
+        images = page.eval_on_selector_all(
+            ".jp-RenderedImage img", "els => els.map(e => [e.naturalWidth, e.clientWidth])"
+        )
         assert len(images) >= committed_figures(name), f"{name}: {len(images)} figures rendered"
         assert all(natural > 0 for natural, _ in images), f"{name}: a figure did not render"
         shrunk = [(natural, shown) for natural, shown in images if shown < MIN_FIGURE_SCALE * natural]
         assert shrunk == [], f"{name}: figures too wide for the window, shown at (natural, shown) px {shrunk}"
 
-        lines = page.eval_on_selector_all(".jp-OutputArea-output pre",
-                                          "els => els.map(e => e.innerText.split('\\n').length)")
+        lines = page.eval_on_selector_all(
+            ".jp-OutputArea-output pre", "els => els.map(e => e.innerText.split('\\n').length)"
+        )
         assert max(lines, default=0) <= MAX_OUTPUT_LINES, f"{name}: an output of {max(lines)} lines"
         wrapped = page.eval_on_selector_all(".jp-OutputArea-output pre", WRAPPED_LINES)
         assert wrapped == [], f"{name}: printed lines too long for the window, they wrap: {wrapped}"
@@ -198,10 +226,14 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, browser, name):
             page.keyboard.press("ArrowRight")
             page.wait_for_function(
                 "([el, old]) => { const img = el.querySelector('img'); return img && img.src !== old; }",
-                arg=[widget.element_handle(), before], timeout=60_000)
+                arg=[widget.element_handle(), before],
+                timeout=60_000,
+            )
         page.wait_for_selector(idle, timeout=60_000)
-        print(f"{name}: first cell {first_cell_seconds:.1f} s, {len(images)} figures, {explorers} widgets, "
-              f"longest output {max(lines, default=0)} lines")
+        print(
+            f"{name}: first cell {first_cell_seconds:.1f} s, {len(images)} figures, {explorers} widgets, "
+            f"longest output {max(lines, default=0)} lines"
+        )
     finally:
         SCREENSHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{Path(name).stem}.png"))

@@ -85,15 +85,19 @@ def add_limit_argument(parser: argparse.ArgumentParser, help: str) -> None:
 
 def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dataset", default=DEFAULT_DATASET, choices=PRETRAIN_DATASETS,
+        "--dataset",
+        default=DEFAULT_DATASET,
+        choices=PRETRAIN_DATASETS,
         help="the dataset (default fashion-mnist, the series' own); the weights of another live in its own folder, "
-             "weights/DATASET/, and CIFAR-10's transfer task is 10 classes of CIFAR-100 (the grey datasets': "
-             "the digits). Found on disk in torchvision's layout (data/MNIST/raw, data/cifar-10-batches-py, ...) "
-             "or downloaded by torchvision when online")
+        "weights/DATASET/, and CIFAR-10's transfer task is 10 classes of CIFAR-100 (the grey datasets': "
+        "the digits). Found on disk in torchvision's layout (data/MNIST/raw, data/cifar-10-batches-py, ...) "
+        "or downloaded by torchvision when online",
+    )
 
 
-def load_splits(limit: int | None, dataset: str = DEFAULT_DATASET
-                ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def load_splits(
+    limit: int | None, dataset: str = DEFAULT_DATASET
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``(train_images, train_labels), (test_images, test_labels)``, each cut to ``limit`` images if given."""
     splits = load_dataset(dataset, "train"), load_dataset(dataset, "test")
     if limit:
@@ -117,8 +121,12 @@ def add_pretrain_parser(subparsers) -> None:
             "they are only evaluated."
         ),
     )
-    parser.add_argument("method", choices=sorted(METHOD_CLASSES) + list(UNTRAINED_BASELINES), metavar="METHOD",
-                        help=f"one of: {', '.join(sorted(METHOD_CLASSES) + list(UNTRAINED_BASELINES))}")
+    parser.add_argument(
+        "method",
+        choices=sorted(METHOD_CLASSES) + list(UNTRAINED_BASELINES),
+        metavar="METHOD",
+        help=f"one of: {', '.join(sorted(METHOD_CLASSES) + list(UNTRAINED_BASELINES))}",
+    )
     parser.add_argument("--epochs", type=positive_int, default=100, help="number of epochs (default 100)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="batch size (default 256)")
     parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the method's recipe)")
@@ -128,19 +136,35 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--temperature", type=positive_float, help="softmax temperature (contrastive methods)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and views (default 0)")
     add_device_argument(parser)
-    parser.add_argument("--no-amp", action="store_true",
-                        help="train in float32 even where mixed precision is available")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for METHOD.pth and manifest.json (default: the repository's weights/)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.ckpt)")
+    parser.add_argument(
+        "--no-amp", action="store_true", help="train in float32 even where mixed precision is available"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for METHOD.pth and manifest.json (default: the repository's weights/)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.ckpt)",
+    )
     add_limit_argument(parser, "use only the first N training and test images (smoke runs and tests)")
     add_dataset_argument(parser)
-    parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
-                        help="stop each epoch after N steps (smoke runs and tests)")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=positive_int,
+        default=None,
+        help="stop each epoch after N steps (smoke runs and tests)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--compile", action="store_true",
-                        help="run the training step through torch.compile (CUDA; pays off on long runs)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the training step through torch.compile (CUDA; pays off on long runs)",
+    )
     parser.set_defaults(handler=run_pretrain)
 
 
@@ -167,8 +191,12 @@ def pretrain(args: argparse.Namespace, device: torch.device) -> None:
         for split in ("train", "test"):
             locate("cifar100", split)
     command = args.command_line
-    entry = {"command": command, "dataset": args.dataset, "torch_version": torch.__version__,
-             "sslkit_version": __version__}
+    entry = {
+        "command": command,
+        "dataset": args.dataset,
+        "torch_version": torch.__version__,
+        "sslkit_version": __version__,
+    }
     history: list[dict] = []
     torch.manual_seed(args.seed)  # the encoder's initialisation
 
@@ -186,14 +214,32 @@ def pretrain(args: argparse.Namespace, device: torch.device) -> None:
             raise ValueError(f"--temperature does not apply to {args.method}: it has no softmax temperature")
         method_kwargs = {"temperature": args.temperature} if args.temperature else {}
         method = build_method(args.method, args.dataset, **method_kwargs)
-        overrides = {"lr": args.lr, "weight_decay": args.weight_decay, "optimizer": args.optimizer,
-                     "warmup_epochs": args.warmup_epochs}
+        overrides = {
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "optimizer": args.optimizer,
+            "warmup_epochs": args.warmup_epochs,
+        }
         recipe = {**cls.recipe, **{k: v for k, v in overrides.items() if v is not None}}
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, amp=not args.no_amp,
-                             steps_per_epoch=args.steps_per_epoch, **recipe)
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            amp=not args.no_amp,
+            steps_per_epoch=args.steps_per_epoch,
+            **recipe,
+        )
         checkpoint = args.checkpoint or Path("checkpoints") / f"{args.method}.ckpt"
-        history = train(method, train_images, train_labels, config, device, checkpoint, progress=not args.no_progress,
-                        compile_model=args.compile)
+        history = train(
+            method,
+            train_images,
+            train_labels,
+            config,
+            device,
+            checkpoint,
+            progress=not args.no_progress,
+            compile_model=args.compile,
+        )
         if not distributed.is_main_process():
             return
         encoder = method.encoder
@@ -244,24 +290,31 @@ def add_evaluate_parser(subparsers) -> None:
     )
     parser.add_argument("method", metavar="METHOD", help=f"one of {', '.join(METHODS + BASELINES)}, or all")
     add_device_argument(parser)
-    parser.add_argument("--tolerance", type=float, default=REPRODUCTION_TOLERANCE,
-                        help="largest accepted difference from the manifest, as a fraction (default 0.002)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=REPRODUCTION_TOLERANCE,
+        help="largest accepted difference from the manifest, as a fraction (default 0.002)",
+    )
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N training and test images (to check a `pretrain --limit N` run)")
     add_dataset_argument(parser)
     parser.set_defaults(handler=run_evaluate)
 
 
-def shipped_names(method: str, directory: Path | None, exclude: tuple[str, ...] = (),
-                  dataset: str = DEFAULT_DATASET) -> list[str]:
+def shipped_names(
+    method: str, directory: Path | None, exclude: tuple[str, ...] = (), dataset: str = DEFAULT_DATASET
+) -> list[str]:
     """``[method]`` if it is shipped (a clear error if not), or every shipped name for ``"all"``; each
     checked to have been trained on ``dataset``."""
     if method == "all":
         names = [n for n in METHODS + BASELINES if n not in exclude and n in load_manifest(directory)["methods"]]
         if not names:
             option = "" if dataset == DEFAULT_DATASET else f" --dataset {dataset}"
-            raise WeightsError(f"no weights are in {directory or weights_dir()} yet; train some with "
-                               f"`python -m sslkit pretrain METHOD{option}`")
+            raise WeightsError(
+                f"no weights are in {directory or weights_dir()} yet; train some with "
+                f"`python -m sslkit pretrain METHOD{option}`"
+            )
     else:
         names = [method]
     for name in names:
@@ -279,8 +332,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         measured = evaluate_shipped(name, train_data, test_data, device, args.weights)
         recorded = manifest_entry(name, args.weights)["results"]
         expected_probe, expected_knn = recorded["linear_probe"]["test_accuracy"], recorded["knn"]["test_accuracy"]
-        print(f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * expected_probe:9.2f} "
-              f"{measured['macro_f1']:9.4f} {100 * measured['knn']:7.2f} {100 * expected_knn:9.2f}")
+        print(
+            f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * expected_probe:9.2f} "
+            f"{measured['macro_f1']:9.4f} {100 * measured['knn']:7.2f} {100 * expected_knn:9.2f}"
+        )
         if differences_from_manifest(name, measured, args.weights, args.tolerance):
             failed.append(name)
     if failed:
@@ -341,12 +396,19 @@ def add_transfer_parser(subparsers) -> None:
     add_device_argument(parser)
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_dataset_argument(parser)
-    parser.add_argument("--repeats", type=positive_int, default=TRANSFER_REPEATS,
-                        help=f"shufflings of the 5-fold split (default {TRANSFER_REPEATS}; 1 for smoke runs)")
-    parser.add_argument("--imagenet-reference", action="store_true",
-                        help="also print a row for torchvision's ResNet-18 trained with labels on ImageNet (a "
-                             "different, supervised and 40x larger encoder; its weights are downloaded once, so this "
-                             "needs network access the first time); the row is printed, never recorded")
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=TRANSFER_REPEATS,
+        help=f"shufflings of the 5-fold split (default {TRANSFER_REPEATS}; 1 for smoke runs)",
+    )
+    parser.add_argument(
+        "--imagenet-reference",
+        action="store_true",
+        help="also print a row for torchvision's ResNet-18 trained with labels on ImageNet (a "
+        "different, supervised and 40x larger encoder; its weights are downloaded once, so this "
+        "needs network access the first time); the row is printed, never recorded",
+    )
     parser.set_defaults(handler=run_transfer)
 
 
@@ -362,10 +424,12 @@ def run_transfer(args: argparse.Namespace) -> None:
         print(f"{name:<18} {100 * measured['mean']:21.2f} ± {100 * measured['std']:.2f}", flush=True)
     if reference is not None:
         measured = transfer(reference, args.dataset, device, args.repeats)
-        print(f"{'imagenet-resnet18*':<18} {100 * measured['mean']:21.2f} ± {100 * measured['std']:.2f}\n"
-              "* torchvision's ResNet-18 trained with the labels of ImageNet's 1.28M photos (11.7M parameters, "
-              "inputs resized to 224x224):\n  a different, supervised encoder, shown for reference only; not "
-              "recorded in the manifest")
+        print(
+            f"{'imagenet-resnet18*':<18} {100 * measured['mean']:21.2f} ± {100 * measured['std']:.2f}\n"
+            "* torchvision's ResNet-18 trained with the labels of ImageNet's 1.28M photos (11.7M parameters, "
+            "inputs resized to 224x224):\n  a different, supervised encoder, shown for reference only; not "
+            "recorded in the manifest"
+        )
 
 
 # ---------------------------------------------------------------------------------------- finetune
@@ -384,14 +448,29 @@ def add_finetune_parser(subparsers) -> None:
             "validation split."
         ),
     )
-    parser.add_argument("method", metavar="METHOD",
-                        help=f"one of {', '.join(n for n in METHODS + BASELINES if n != 'pixels')}, or all")
-    parser.add_argument("--fractions", type=positive_float, nargs="+", default=list(FINE_TUNE_FRACTIONS),
-                        help="fractions of the training labels (default: 0.01 0.1)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(FINE_TUNE_SEEDS),
-                        help="seeds: each draws its own subset, head and batches (default: 0 1 2)")
-    parser.add_argument("--steps", type=positive_int, default=FineTuneConfig.steps,
-                        help=f"optimisation steps per run (default {FineTuneConfig.steps})")
+    parser.add_argument(
+        "method", metavar="METHOD", help=f"one of {', '.join(n for n in METHODS + BASELINES if n != 'pixels')}, or all"
+    )
+    parser.add_argument(
+        "--fractions",
+        type=positive_float,
+        nargs="+",
+        default=list(FINE_TUNE_FRACTIONS),
+        help="fractions of the training labels (default: 0.01 0.1)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(FINE_TUNE_SEEDS),
+        help="seeds: each draws its own subset, head and batches (default: 0 1 2)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=FineTuneConfig.steps,
+        help=f"optimisation steps per run (default {FineTuneConfig.steps})",
+    )
     add_device_argument(parser)
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N training and test images (smoke runs and tests)")
@@ -413,11 +492,15 @@ def run_finetune(args: argparse.Namespace) -> None:
         encoder = load_pretrained(name, device, args.weights)
 
         def report(run, name=name):
-            print(f"{name}: {run['labels']} labels ({run['fraction']:g}), seed {run['seed']}: "
-                  f"test accuracy {100 * run['test_accuracy']:.2f}%", flush=True)
+            print(
+                f"{name}: {run['labels']} labels ({run['fraction']:g}), seed {run['seed']}: "
+                f"test accuracy {100 * run['test_accuracy']:.2f}%",
+                flush=True,
+            )
 
-        summary = label_efficiency(encoder, train_data, test_data, tuple(args.fractions), tuple(args.seeds),
-                                   config, device, progress=report)
+        summary = label_efficiency(
+            encoder, train_data, test_data, tuple(args.fractions), tuple(args.seeds), config, device, progress=report
+        )
         summary["seconds"] = round(time.perf_counter() - started, 1)
         summary["device"] = describe_device(device)
         if args.limit:
@@ -426,8 +509,10 @@ def run_finetune(args: argparse.Namespace) -> None:
             results = manifest["methods"][name].setdefault("results", {})
             results["fine_tune"] = merged_fine_tune(results, summary)
         for fraction, result in summary["fractions"].items():
-            print(f"{name}: {fraction} of the labels: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
-                  f"over {len(result['test_accuracy'])} seeds")
+            print(
+                f"{name}: {fraction} of the labels: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
+                f"over {len(result['test_accuracy'])} seeds"
+            )
 
 
 def merged_fine_tune(recorded: dict, summary: dict) -> dict:
@@ -441,13 +526,20 @@ def merged_fine_tune(recorded: dict, summary: dict) -> dict:
         result["device"] = summary["device"]
     if not previous or (previous["config"], previous.get("limit")) != (summary["config"], summary.get("limit")):
         return summary
-    kept = {fraction: {"device": previous["device"], **result} for fraction, result in previous["fractions"].items()
-            if fraction not in summary["fractions"]}
+    kept = {
+        fraction: {"device": previous["device"], **result}
+        for fraction, result in previous["fractions"].items()
+        if fraction not in summary["fractions"]
+    }
     if not kept:
         return summary
     devices = {result["device"] for result in (*kept.values(), *summary["fractions"].values())}
-    return {**summary, "fractions": dict(sorted({**kept, **summary["fractions"]}.items(), key=lambda f: float(f[0]))),
-            "seconds": round(previous["seconds"] + summary["seconds"], 1), "device": " and ".join(sorted(devices))}
+    return {
+        **summary,
+        "fractions": dict(sorted({**kept, **summary["fractions"]}.items(), key=lambda f: float(f[0]))),
+        "seconds": round(previous["seconds"] + summary["seconds"], 1),
+        "device": " and ".join(sorted(devices)),
+    }
 
 
 # ---------------------------------------------------------------------------------------- sweep
@@ -473,28 +565,45 @@ def add_sweep_parser(subparsers) -> None:
             "manifest entry, each run's last-epoch training metrics and its validation accuracy."
         ),
     )
-    parser.add_argument("method", choices=sorted(METHOD_CLASSES), metavar="METHOD",
-                        help=f"one of: {', '.join(sorted(METHOD_CLASSES))}")
+    parser.add_argument(
+        "method", choices=sorted(METHOD_CLASSES), metavar="METHOD", help=f"one of: {', '.join(sorted(METHOD_CLASSES))}"
+    )
     parser.add_argument("param", metavar="PARAM", help="the setting to vary")
     parser.add_argument("values", type=number, nargs="+", metavar="VALUE", help="its values")
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="seeds: one run per value and seed (default: 0)")
-    parser.add_argument("--lr-scaling", choices=("none", "linear", "sqrt"), default="none",
-                        help="with PARAM batch_size: scale the recipe's learning rate by B/256 (linear, Goyal et al. "
-                             "2017) or sqrt(B/256) (default: none, the same learning rate for every batch size)")
-    parser.add_argument("--warmup-epochs", type=int, default=None,
-                        help="linear warm-up of each run (default: the method's recipe; with a few epochs, 1 keeps "
-                             "most of each run on the cosine decay, as in the full schedule)")
-    parser.add_argument("--diagnostics", action="store_true",
-                        help="also record collapse diagnostics of each run's embeddings (per-dimension std, "
-                             "covariance block, singular values) on 2,048 validation images")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds: one run per value and seed (default: 0)"
+    )
+    parser.add_argument(
+        "--lr-scaling",
+        choices=("none", "linear", "sqrt"),
+        default="none",
+        help="with PARAM batch_size: scale the recipe's learning rate by B/256 (linear, Goyal et al. "
+        "2017) or sqrt(B/256) (default: none, the same learning rate for every batch size)",
+    )
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=None,
+        help="linear warm-up of each run (default: the method's recipe; with a few epochs, 1 keeps "
+        "most of each run on the cosine decay, as in the full schedule)",
+    )
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also record collapse diagnostics of each run's embeddings (per-dimension std, "
+        "covariance block, singular values) on 2,048 validation images",
+    )
     add_device_argument(parser)
     add_weights_argument(parser, "folder with manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
     add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
     add_dataset_argument(parser)
-    parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
-                        help="stop each epoch after N steps (smoke runs and tests)")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=positive_int,
+        default=None,
+        help="stop each epoch after N steps (smoke runs and tests)",
+    )
     parser.set_defaults(handler=run_sweep)
 
 
@@ -507,8 +616,10 @@ def run_sweep(args: argparse.Namespace) -> None:
     train_fields = {f.name for f in fields(TrainConfig)} - {"epochs", "steps_per_epoch", "amp", "seed"}
     method_params = set(inspect.signature(cls).parameters) - {"encoder_config", "augment_config"}
     if args.param not in train_fields | method_params:
-        raise ValueError(f"{args.method} has no setting {args.param!r}; choose one of "
-                         f"{', '.join(sorted(method_params | train_fields))}")
+        raise ValueError(
+            f"{args.method} has no setting {args.param!r}; choose one of "
+            f"{', '.join(sorted(method_params | train_fields))}"
+        )
     if args.lr_scaling != "none" and args.param != "batch_size":
         raise ValueError(f"--lr-scaling {args.lr_scaling} applies only when sweeping batch_size, not {args.param}")
     if args.diagnostics and not issubclass(cls, JointEmbedding):
@@ -525,8 +636,11 @@ def run_sweep(args: argparse.Namespace) -> None:
     previous = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {}).get(args.param, {})
     done = {}
     if all(previous.get(key) == value for key, value in settings.items()):
-        done = {(run["value"], run.get("seed", 0)): run for run in previous.get("runs", [])
-                if "diagnostics" in run or not args.diagnostics}
+        done = {
+            (run["value"], run.get("seed", 0)): run
+            for run in previous.get("runs", [])
+            if "diagnostics" in run or not args.diagnostics
+        }
 
     def record(runs: list[dict]) -> None:
         sweeps = manifest_entry(args.method, args.weights).get("results", {}).get("sweeps", {})
@@ -538,34 +652,48 @@ def run_sweep(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             if (value, seed) in done:
                 runs.append(done[(value, seed)])
-                print(f"{args.method} {args.param}={value} seed {seed}: recorded by an earlier, interrupted sweep "
-                      f"(validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}%)", flush=True)
+                print(
+                    f"{args.method} {args.param}={value} seed {seed}: recorded by an earlier, interrupted sweep "
+                    f"(validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}%)",
+                    flush=True,
+                )
                 continue
             torch.manual_seed(seed)
-            method = build_method(args.method, args.dataset,
-                                  **({args.param: value} if args.param in method_params else {}))
-            recipe = {**cls.recipe, "warmup_epochs": warmup_epochs,
-                      **({args.param: value} if args.param in train_fields else {})}
+            method = build_method(
+                args.method, args.dataset, **({args.param: value} if args.param in method_params else {})
+            )
+            recipe = {
+                **cls.recipe,
+                "warmup_epochs": warmup_epochs,
+                **({args.param: value} if args.param in train_fields else {}),
+            }
             if args.lr_scaling != "none":
                 ratio = value / TrainConfig.batch_size
-                recipe["lr"] = cls.recipe["lr"] * (ratio if args.lr_scaling == "linear" else ratio ** 0.5)
+                recipe["lr"] = cls.recipe["lr"] * (ratio if args.lr_scaling == "linear" else ratio**0.5)
             config = TrainConfig(epochs=args.epochs, seed=seed, steps_per_epoch=args.steps_per_epoch, **recipe)
             started = time.perf_counter()
             history = train(method, images, labels, config, device, progress=False)
             features = extract_features(method.encoder, images, device=device)
             _, validation = select_and_fit_linear_probe(features, labels)
             last = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
-            run = {"value": value, "seed": seed, "lr": config.lr, **last,
-                   "validation_accuracy": round(max(validation.values()), 6),
-                   "seconds": round(time.perf_counter() - started, 1)}
+            run = {
+                "value": value,
+                "seed": seed,
+                "lr": config.lr,
+                **last,
+                "validation_accuracy": round(max(validation.values()), 6),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             if args.diagnostics:
                 _, validation_indices = probe_validation_split(labels)
                 run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
             runs.append(run)
-            print(f"{args.method} {args.param}={value} seed {seed} (lr {config.lr:.4g}): "
-                  + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
-                  + f", validation probe accuracy {100 * run['validation_accuracy']:.2f}% ({run['seconds']:.0f} s)",
-                  flush=True)
+            print(
+                f"{args.method} {args.param}={value} seed {seed} (lr {config.lr:.4g}): "
+                + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+                + f", validation probe accuracy {100 * run['validation_accuracy']:.2f}% ({run['seconds']:.0f} s)",
+                flush=True,
+            )
             record(runs + [r for r in done.values() if r not in runs])  # keeps the runs still to be reached
     record(runs)
 
@@ -591,8 +719,11 @@ def add_results_parser(subparsers) -> None:
     parser.add_argument("--readme", type=Path, default=README, help="README file (default: the repository's)")
     add_device_argument(parser)
     add_weights_argument(parser, "folder with the weights and manifest.json (default: $SSLKIT_WEIGHTS or weights/)")
-    add_limit_argument(parser, "use only the first N training and test images, and one shuffling of the "
-                               "transfer folds (smoke runs and tests; needs weights published with the same limit)")
+    add_limit_argument(
+        parser,
+        "use only the first N training and test images, and one shuffling of the "
+        "transfer folds (smoke runs and tests; needs weights published with the same limit)",
+    )
     parser.set_defaults(handler=run_results)
 
 
@@ -602,15 +733,18 @@ def measure_all(args: argparse.Namespace) -> None:
     print(f"{'method':<12} {'probe %':>8} {'kNN %':>7} {'alignment':>10} {'uniformity':>11} {'digits %':>15} {'s':>5}")
     for name in shipped_names("all", args.weights):
         started = time.perf_counter()
-        measured = remeasure_shipped(name, train_data, test_data, device, args.weights,
-                                     transfer_repeats=1 if args.limit else TRANSFER_REPEATS)
+        measured = remeasure_shipped(
+            name, train_data, test_data, device, args.weights, transfer_repeats=1 if args.limit else TRANSFER_REPEATS
+        )
         measured_geometry, transfer = measured["geometry"], measured["transfer"]
         record_results(name, "geometry", measured_geometry, args.weights)
         record_results(name, "transfer", transfer, args.weights)
-        print(f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * measured['knn']:7.2f} "
-              f"{measured_geometry['alignment']:10.4f} {measured_geometry['uniformity']:11.4f} "
-              f"{100 * transfer['mean']:8.2f} ± {100 * transfer['std']:4.2f} {time.perf_counter() - started:5.0f}",
-              flush=True)
+        print(
+            f"{name:<12} {100 * measured['linear_probe']:8.2f} {100 * measured['knn']:7.2f} "
+            f"{measured_geometry['alignment']:10.4f} {measured_geometry['uniformity']:11.4f} "
+            f"{100 * transfer['mean']:8.2f} ± {100 * transfer['std']:4.2f} {time.perf_counter() - started:5.0f}",
+            flush=True,
+        )
 
 
 def run_results(args: argparse.Namespace) -> int:
@@ -619,8 +753,10 @@ def run_results(args: argparse.Namespace) -> int:
     current = args.readme.read_text()
     if args.check:
         if render_readme(current, results_table(load_manifest(args.weights))) != current:
-            print(f"{args.readme}: the results table is out of date; run `python -m sslkit results --table-only`",
-                  file=sys.stderr)
+            print(
+                f"{args.readme}: the results table is out of date; run `python -m sslkit results --table-only`",
+                file=sys.stderr,
+            )
             return 1
         print(f"{args.readme}: the results table matches the manifest")
         return 0
@@ -671,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         # Errors whose cause we know: one clear message, no traceback from deep inside torch.
         print(f"error: {error}", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

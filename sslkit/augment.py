@@ -121,8 +121,10 @@ LUMINANCE_WEIGHTS = (0.2989, 0.587, 0.114)
 
 def _check_colour_channels(x: torch.Tensor, operation: str) -> None:
     if x.shape[1] not in (1, 3):
-        raise ValueError(f"{operation} needs grey [N, 1, H, W] or RGB [N, 3, H, W] images, got {tuple(x.shape)}; "
-                         "set saturation, hue and grayscale_prob to 0 for images with other channels")
+        raise ValueError(
+            f"{operation} needs grey [N, 1, H, W] or RGB [N, 3, H, W] images, got {tuple(x.shape)}; "
+            "set saturation, hue and grayscale_prob to 0 for images with other channels"
+        )
 
 
 def luminance(x: torch.Tensor) -> torch.Tensor:
@@ -171,8 +173,11 @@ def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     chroma_or_one = torch.where(grey, 1.0, chroma)
     saturation = chroma / torch.where(value == 0, 1.0, value)
     # The sector of the colour wheel is set by the largest channel (red first on ties, like torchvision).
-    hue = torch.where(value == red, (green - blue) / chroma_or_one,
-                      torch.where(value == green, (blue - red) / chroma_or_one + 2, (red - green) / chroma_or_one + 4))
+    hue = torch.where(
+        value == red,
+        (green - blue) / chroma_or_one,
+        torch.where(value == green, (blue - red) / chroma_or_one + 2, (red - green) / chroma_or_one + 4),
+    )
     return torch.where(grey, 0.0, torch.remainder(hue / 6, 1.0)), saturation, value
 
 

@@ -49,17 +49,20 @@ def torchvision_pipeline(config: AugmentConfig, size: int = 28):
     """The same augmentation as ``augment.augment``, as torchvision.transforms.v2 per-image transforms."""
     from torchvision.transforms import v2
 
-    jitter = v2.ColorJitter(brightness=config.brightness, contrast=config.contrast, saturation=config.saturation,
-                            hue=config.hue)  # saturation and hue 0 (the grey presets) are left out by ColorJitter
+    jitter = v2.ColorJitter(
+        brightness=config.brightness, contrast=config.contrast, saturation=config.saturation, hue=config.hue
+    )  # saturation and hue 0 (the grey presets) are left out by ColorJitter
     grayscale = [v2.RandomGrayscale(config.grayscale_prob)] if config.grayscale_prob > 0 else []
-    return v2.Compose([
-        v2.ToDtype(torch.float32, scale=True),
-        v2.RandomResizedCrop(size, scale=config.crop_scale, ratio=config.crop_ratio, antialias=False),
-        v2.RandomHorizontalFlip(config.flip_prob),
-        v2.RandomApply([jitter], p=config.jitter_prob),
-        *grayscale,
-        v2.RandomApply([v2.GaussianBlur(config.blur_kernel, sigma=config.blur_sigma)], p=config.blur_prob),
-    ])
+    return v2.Compose(
+        [
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomResizedCrop(size, scale=config.crop_scale, ratio=config.crop_ratio, antialias=False),
+            v2.RandomHorizontalFlip(config.flip_prob),
+            v2.RandomApply([jitter], p=config.jitter_prob),
+            *grayscale,
+            v2.RandomApply([v2.GaussianBlur(config.blur_kernel, sigma=config.blur_sigma)], p=config.blur_prob),
+        ]
+    )
 
 
 class _TransformedImages(torch.utils.data.Dataset):
@@ -82,8 +85,13 @@ def kornia_pipeline(config: AugmentConfig, size: int = 28):
     return K.AugmentationSequential(
         K.RandomResizedCrop((size, size), scale=config.crop_scale, ratio=config.crop_ratio),
         K.RandomHorizontalFlip(p=config.flip_prob),
-        K.ColorJitter(brightness=config.brightness, contrast=config.contrast, saturation=config.saturation,
-                      hue=config.hue, p=config.jitter_prob),
+        K.ColorJitter(
+            brightness=config.brightness,
+            contrast=config.contrast,
+            saturation=config.saturation,
+            hue=config.hue,
+            p=config.jitter_prob,
+        ),
         *grayscale,
         K.RandomGaussianBlur((config.blur_kernel, config.blur_kernel), config.blur_sigma, p=config.blur_prob),
     )
@@ -112,8 +120,12 @@ def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: i
         print("kornia is not installed (pip install kornia): skipping its column")
     workers = min(4, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
-        _TransformedImages(images, torchvision_pipeline(config, size)), batch_size=batch_size, shuffle=True,
-        num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda",
+        _TransformedImages(images, torchvision_pipeline(config, size)),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
     )
     iterator = iter(loader)
 
@@ -156,8 +168,15 @@ class PeakResidentMemory:
         self.peak_mib = self.peak - self.start
 
 
-def train_throughput(name: str, device: str, batch_size: int, steps: int, compile_model: bool = False,
-                     dataset: str = DEFAULT_DATASET, synthetic: bool = False) -> dict:
+def train_throughput(
+    name: str,
+    device: str,
+    batch_size: int,
+    steps: int,
+    compile_model: bool = False,
+    dataset: str = DEFAULT_DATASET,
+    synthetic: bool = False,
+) -> dict:
     """Images/s, seconds per epoch and peak memory of ``steps`` training steps of ``name`` on ``dataset``,
     measured in this process.
 
@@ -169,8 +188,9 @@ def train_throughput(name: str, device: str, batch_size: int, steps: int, compil
     if synthetic:
         info = dataset_info(dataset)
         generator = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (info.sizes["train"], *info.stored_shape), dtype=torch.uint8,
-                               generator=generator)
+        images = torch.randint(
+            0, 256, (info.sizes["train"], *info.stored_shape), dtype=torch.uint8, generator=generator
+        )
         labels = torch.randint(0, len(info.class_names), (info.sizes["train"],), generator=generator)
     else:
         images, labels = load_dataset(dataset, "train")
@@ -184,12 +204,21 @@ def train_throughput(name: str, device: str, batch_size: int, steps: int, compil
         history = train(method, images, labels, config, device, progress=False, compile_model=compile_model)
     seconds = history[1]["seconds"] / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else resident.peak_mib
-    return {"images_per_second": batch_size / seconds, "seconds_per_epoch": (len(images) // batch_size) * seconds,
-            "peak_memory_mib": peak}
+    return {
+        "images_per_second": batch_size / seconds,
+        "seconds_per_epoch": (len(images) // batch_size) * seconds,
+        "peak_memory_mib": peak,
+    }
 
 
-def bench_training(device: torch.device, batch_size: int, steps: int, methods, compile_model: bool = False,
-                   dataset: str = DEFAULT_DATASET) -> dict:
+def bench_training(
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    methods,
+    compile_model: bool = False,
+    dataset: str = DEFAULT_DATASET,
+) -> dict:
     """Training images/s (one image = all its views) and peak memory of each method.
 
     Times the real loop of ``train.train`` (two epochs of ``steps`` steps; the first is warm-up),
@@ -204,8 +233,9 @@ def bench_training(device: torch.device, batch_size: int, steps: int, methods, c
     results = {}
     for name in methods:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results[name] = pool.submit(train_throughput, name, str(device), batch_size, steps, compile_model,
-                                        dataset).result()
+            results[name] = pool.submit(
+                train_throughput, name, str(device), batch_size, steps, compile_model, dataset
+            ).result()
     return results
 
 
@@ -221,21 +251,44 @@ def add_bench_parser(subparsers) -> None:
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    parser.add_argument("--batches", type=int, default=100,
-                        help="timed augmentation batches per pipeline (default 100; fewer gives noisy ratios)")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=100,
+        help="timed augmentation batches per pipeline (default 100; fewer gives noisy ratios)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per method (default 10)")
-    parser.add_argument("--methods", nargs="+", default=sorted(METHOD_CLASSES), choices=sorted(METHOD_CLASSES),
-                        help="methods whose training step is timed (default: all trainable)")
-    parser.add_argument("--compile", action="store_true",
-                        help="time the training step through torch.compile (the first, untimed epoch compiles)")
-    parser.add_argument("--record", action="store_true",
-                        help="store each method's training cost under results.cost in the manifest (the README's "
-                             "cost columns); only shipped methods are recorded")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="folder with manifest.json for --record (default: $SSLKIT_WEIGHTS or weights/)")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, choices=PRETRAIN_DATASETS,
-                        help="the images to augment and train on (default fashion-mnist); with another, --record "
-                             "writes to that dataset's weights folder, weights/DATASET/")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=sorted(METHOD_CLASSES),
+        choices=sorted(METHOD_CLASSES),
+        help="methods whose training step is timed (default: all trainable)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="time the training step through torch.compile (the first, untimed epoch compiles)",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="store each method's training cost under results.cost in the manifest (the README's "
+        "cost columns); only shipped methods are recorded",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="folder with manifest.json for --record (default: $SSLKIT_WEIGHTS or weights/)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=DEFAULT_DATASET,
+        choices=PRETRAIN_DATASETS,
+        help="the images to augment and train on (default fashion-mnist); with another, --record "
+        "writes to that dataset's weights folder, weights/DATASET/",
+    )
     parser.set_defaults(handler=run_bench)
 
 
@@ -244,8 +297,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size must be at least 2, --batches and --steps at least 1")
     device = resolve_device(args.device)
     images, labels = load_dataset(args.dataset, "train")
-    print(f"{dataset_info(args.dataset).title}; device: {describe_device(device)}; torch {torch.__version__}; "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"{dataset_info(args.dataset).title}; device: {describe_device(device)}; torch {torch.__version__}; "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     print(f"\nSimCLR augmentation, batch {args.batch_size}, {args.batches} batches per pipeline:")
     augmentation = bench_augmentation(images, device, args.batch_size, args.batches)
     baseline = augmentation[next(k for k in augmentation if k.startswith("torchvision"))]
@@ -254,14 +309,19 @@ def run_bench(args: argparse.Namespace) -> int:
     if "kornia.augmentation (batched)" in augmentation:
         ratio = augmentation["sslkit (batched, hand-written)"] / augmentation["kornia.augmentation (batched)"]
         print(f"  sslkit / kornia: {ratio:.1f}x")
-    print(f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method"
-          + (", torch.compile" if args.compile else "") + ":")
+    print(
+        f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method"
+        + (", torch.compile" if args.compile else "")
+        + ":"
+    )
     training = bench_training(device, args.batch_size, args.steps, args.methods, args.compile, args.dataset)
     memory_kind = "peak CUDA memory" if device.type == "cuda" else "peak rise of resident memory"
     for name, result in training.items():
         memory = f", {memory_kind} {result['peak_memory_mib']:.0f} MiB"
-        print(f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
-              f"(~{result['seconds_per_epoch']:.0f} s per epoch of {len(images):,} images){memory}")
+        print(
+            f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
+            f"(~{result['seconds_per_epoch']:.0f} s per epoch of {len(images):,} images){memory}"
+        )
     if args.record:
         record_costs(training, describe_device(device), args)
     return 0
@@ -289,8 +349,14 @@ def record_costs(training: dict, device: str, args: argparse.Namespace) -> None:
                 "images_per_second": round(result["images_per_second"], 1),
                 "seconds_per_epoch": round(result["seconds_per_epoch"], 1),
                 "peak_memory_mib": round(result["peak_memory_mib"], 1),
-                "device": device, "batch_size": args.batch_size, "steps": args.steps, "command": command}
+                "device": device,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "command": command,
+            }
     print(f"\nrecorded results.cost for {', '.join(recorded) or 'no shipped method'}")
     if removed:
-        print(f"removed the costs of {', '.join(removed)}: an earlier bench run measured them, and one table "
-              "compares one run; time them again with --methods to restore them")
+        print(
+            f"removed the costs of {', '.join(removed)}: an earlier bench run measured them, and one table "
+            "compares one run; time them again with --methods to restore them"
+        )

@@ -57,39 +57,161 @@ class DatasetInfo:
 
 
 CIFAR100_CLASS_NAMES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
-    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
-    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest",
-    "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard",
-    "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
-    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum",
-    "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper",
-    "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
-    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
-    "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )  # fine labels, in the order of the dataset's label numbers
 
 DATASETS = {
     info.name: info
     for info in (
         DatasetInfo(
-            "fashion-mnist", "Fashion-MNIST", "FashionMNIST", "FashionMNIST/raw", _IDX_FILES, 1, 28,
-            {"train": 60_000, "test": 10_000}, (0.2860,), (0.3530,),
+            "fashion-mnist",
+            "Fashion-MNIST",
+            "FashionMNIST",
+            "FashionMNIST/raw",
+            _IDX_FILES,
+            1,
+            28,
+            {"train": 60_000, "test": 10_000},
+            (0.2860,),
+            (0.3530,),
             ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         ),
         DatasetInfo(
-            "mnist", "MNIST", "MNIST", "MNIST/raw", _IDX_FILES, 1, 28, {"train": 60_000, "test": 10_000},
-            (0.1307,), (0.3081,), tuple(str(digit) for digit in range(10)),
+            "mnist",
+            "MNIST",
+            "MNIST",
+            "MNIST/raw",
+            _IDX_FILES,
+            1,
+            28,
+            {"train": 60_000, "test": 10_000},
+            (0.1307,),
+            (0.3081,),
+            tuple(str(digit) for digit in range(10)),
         ),
         DatasetInfo(
-            "cifar10", "CIFAR-10", "CIFAR10", "cifar-10-batches-py",
-            {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}, 3, 32,
-            {"train": 50_000, "test": 10_000}, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+            "cifar10",
+            "CIFAR-10",
+            "CIFAR10",
+            "cifar-10-batches-py",
+            {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+            3,
+            32,
+            {"train": 50_000, "test": 10_000},
+            (0.4914, 0.4822, 0.4465),
+            (0.2470, 0.2435, 0.2616),
             ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         ),
         DatasetInfo(
-            "cifar100", "CIFAR-100", "CIFAR100", "cifar-100-python", {"train": ("train",), "test": ("test",)}, 3, 32,
-            {"train": 50_000, "test": 10_000}, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+            "cifar100",
+            "CIFAR-100",
+            "CIFAR100",
+            "cifar-100-python",
+            {"train": ("train",), "test": ("test",)},
+            3,
+            32,
+            {"train": 50_000, "test": 10_000},
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
             CIFAR100_CLASS_NAMES,
         ),
     )
@@ -108,8 +230,10 @@ class DataNotFoundError(FileNotFoundError):
 def dataset_info(name: str) -> DatasetInfo:
     """The ``DatasetInfo`` of ``name`` (``"fashion-mnist"``, ``"mnist"``, ``"cifar10"`` or ``"cifar100"``)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(PRETRAIN_DATASETS)} "
-                         "(and cifar100, the transfer task of cifar10)")
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {', '.join(PRETRAIN_DATASETS)} "
+            "(and cifar100, the transfer task of cifar10)"
+        )
     return DATASETS[name]
 
 
@@ -205,11 +329,14 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
         images = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} is not a CIFAR batch in torchvision's format ({error!r}); "
-                         "delete the folder and fetch it again") from error
+        raise ValueError(
+            f"{path} is not a CIFAR batch in torchvision's format ({error!r}); delete the folder and fetch it again"
+        ) from error
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
-        raise ValueError(f"{path} does not hold 3072 bytes per image with one label each "
-                         f"(data {images.shape}, labels {labels.shape}); delete the folder and fetch it again")
+        raise ValueError(
+            f"{path} does not hold 3072 bytes per image with one label each "
+            f"(data {images.shape}, labels {labels.shape}); delete the folder and fetch it again"
+        )
     return images.reshape(-1, 3, 32, 32), labels
 
 
@@ -227,18 +354,24 @@ def _download(info: DatasetInfo, split: str) -> list[Path] | None:
 def _not_found_message(info: DatasetInfo, split: str, searched: list[Path], download: bool) -> str:
     places = "\n".join(f"  - {folder}" for folder in searched)
     tried = "and torchvision could not download it (offline?).\n" if download else ""
-    online = (f"run again with network access (on Colab it just works) and torchvision.datasets."
-              f"{info.torchvision_class} downloads it into {REPO_DATA_DIR}")
+    online = (
+        f"run again with network access (on Colab it just works) and torchvision.datasets."
+        f"{info.torchvision_class} downloads it into {REPO_DATA_DIR}"
+    )
     if info.name == DEFAULT_DATASET:
-        ways = ("  1. Debian/Ubuntu, offline-friendly: sudo apt-get install dataset-fashion-mnist\n"
-                "     (installs the IDX files into /usr/share/datasets/fashion-mnist), or copy the four\n"
-                "     *-ubyte.gz files into ./data or a folder named by $SSLKIT_DATA;\n"
-                f"  2. online: {online}.")
+        ways = (
+            "  1. Debian/Ubuntu, offline-friendly: sudo apt-get install dataset-fashion-mnist\n"
+            "     (installs the IDX files into /usr/share/datasets/fashion-mnist), or copy the four\n"
+            "     *-ubyte.gz files into ./data or a folder named by $SSLKIT_DATA;\n"
+            f"  2. online: {online}."
+        )
     else:
-        ways = (f"  1. online: {online};\n"
-                f"  2. offline: copy torchvision's folder {info.folder}/ (from a machine where "
-                f"torchvision.datasets.{info.torchvision_class}(root, download=True) ran) into ./data\n"
-                "     or into a folder named by $SSLKIT_DATA.")
+        ways = (
+            f"  1. online: {online};\n"
+            f"  2. offline: copy torchvision's folder {info.folder}/ (from a machine where "
+            f"torchvision.datasets.{info.torchvision_class}(root, download=True) ran) into ./data\n"
+            "     or into a folder named by $SSLKIT_DATA."
+        )
     return f"{info.title} ({split}) was not found. Searched:\n{places}\n{tried}Get it in one of two ways:\n{ways}"
 
 
@@ -282,8 +415,10 @@ def load_dataset(
         images, labels = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
     expected = info.stored_shape
     if images.shape[1:] != expected or len(images) != len(labels):
-        raise ValueError(f"{found[0].parent} does not hold {info.title} images of shape {expected} with one label "
-                         f"each (images {images.shape}, labels {labels.shape})")
+        raise ValueError(
+            f"{found[0].parent} does not hold {info.title} images of shape {expected} with one label "
+            f"each (images {images.shape}, labels {labels.shape})"
+        )
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(info.class_names):
         raise ValueError(f"{found[-1]} has labels outside 0..{len(info.class_names) - 1}; delete it and fetch it again")
     return torch.from_numpy(images.copy()), torch.from_numpy(labels)

@@ -71,9 +71,7 @@ class LinearProbe:
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 2 or features.shape[1] != self.weight.shape[1]:
-            raise ValueError(
-                f"the probe expects features [N, {self.weight.shape[1]}], got {tuple(features.shape)}"
-            )
+            raise ValueError(f"the probe expects features [N, {self.weight.shape[1]}], got {tuple(features.shape)}")
         return ((features - self.mean) / self.std) @ self.weight.T + self.bias
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
@@ -124,8 +122,13 @@ def fit_linear_probe(
     weight.requires_grad_(True)
     bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
     )
 
     def closure():
@@ -135,9 +138,7 @@ def fit_linear_probe(
         return loss
 
     optimizer.step(closure)
-    return LinearProbe(
-        weight.detach().float(), bias.detach().float(), mean.float(), std.float(), float(weight_decay)
-    )
+    return LinearProbe(weight.detach().float(), bias.detach().float(), mean.float(), std.float(), float(weight_decay))
 
 
 def probe_validation_split(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +157,9 @@ def select_and_fit_linear_probe(
     Returns the refitted probe and the validation accuracy of every candidate.
     """
     fit_indices, val_indices = probe_validation_split(train_labels)
-    best, val_accuracy = _best_probe_on_validation(train_features, train_labels, fit_indices, val_indices,
-                                                   weight_decays)
+    best, val_accuracy = _best_probe_on_validation(
+        train_features, train_labels, fit_indices, val_indices, weight_decays
+    )
     return fit_linear_probe(train_features, train_labels, best.weight_decay, init=best), val_accuracy
 
 
@@ -192,8 +194,11 @@ def low_label_linear_probe(
     subset = fine_tune_subset(train_labels, fraction, seed)
     _, val_indices = probe_validation_split(train_labels)
     best, _ = _best_probe_on_validation(train_features, train_labels, subset, val_indices, weight_decays)
-    return {"labels": len(subset), "weight_decay": best.weight_decay,
-            "test_accuracy": accuracy(best.predict(test_features), test_labels)}
+    return {
+        "labels": len(subset),
+        "weight_decay": best.weight_decay,
+        "test_accuracy": accuracy(best.predict(test_features), test_labels),
+    }
 
 
 TRANSFER_FOLDS = 5
@@ -228,10 +233,12 @@ def transfer_probe(
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     accuracies = []
     for train_indices, test_indices in splitter.split(features.numpy(), labels.numpy()):
-        fit_indices, val_indices = train_test_split(train_indices, test_size=0.2, random_state=seed,
-                                                    stratify=labels[train_indices].numpy())
-        best, _ = _best_probe_on_validation(features, labels, torch.from_numpy(fit_indices),
-                                            torch.from_numpy(val_indices), weight_decays)
+        fit_indices, val_indices = train_test_split(
+            train_indices, test_size=0.2, random_state=seed, stratify=labels[train_indices].numpy()
+        )
+        best, _ = _best_probe_on_validation(
+            features, labels, torch.from_numpy(fit_indices), torch.from_numpy(val_indices), weight_decays
+        )
         train_indices = torch.from_numpy(train_indices)
         probe = fit_linear_probe(features[train_indices], labels[train_indices], best.weight_decay, init=best)
         accuracies.append(accuracy(probe.predict(features[test_indices]), labels[test_indices]))
@@ -268,7 +275,9 @@ def transfer_cifar100(
 
 
 def transfer(
-    encoder: torch.nn.Module, dataset: str = DEFAULT_DATASET, device: str | torch.device = "cpu",
+    encoder: torch.nn.Module,
+    dataset: str = DEFAULT_DATASET,
+    device: str | torch.device = "cpu",
     repeats: int = TRANSFER_REPEATS,
 ) -> dict:
     """The transfer task of an encoder pretrained on ``dataset``: the digits for the grey datasets
@@ -395,8 +404,10 @@ def alignment(features1: torch.Tensor, features2: torch.Tensor, alpha: float = G
     Lower is better: the encoder ignores what the augmentations change.
     """
     if features1.ndim != 2 or features1.shape != features2.shape:
-        raise ValueError(f"alignment expects two [N, D] feature tensors of the same shape, got "
-                         f"{tuple(features1.shape)} and {tuple(features2.shape)}")
+        raise ValueError(
+            f"alignment expects two [N, D] feature tensors of the same shape, got "
+            f"{tuple(features1.shape)} and {tuple(features2.shape)}"
+        )
     f1, f2 = F.normalize(features1.double(), dim=1), F.normalize(features2.double(), dim=1)
     return (f1 - f2).norm(dim=1).pow(alpha).mean().item()
 
@@ -591,10 +602,15 @@ def remeasure_shipped(
     measured = evaluate_shipped(name, train_data, test_data, device, directory, encoder=encoder)
     differences = differences_from_manifest(name, measured, directory)
     if differences:
-        raise ValueError("; ".join(differences) + "; the weights and their record disagree (republish them with "
-                         f"`{manifest_entry(name, directory)['command']}`)")
-    return {**measured, "geometry": geometry(encoder, test_data[0], device=device),
-            "transfer": transfer(encoder, dataset, device, repeats=transfer_repeats)}
+        raise ValueError(
+            "; ".join(differences) + "; the weights and their record disagree (republish them with "
+            f"`{manifest_entry(name, directory)['command']}`)"
+        )
+    return {
+        **measured,
+        "geometry": geometry(encoder, test_data[0], device=device),
+        "transfer": transfer(encoder, dataset, device, repeats=transfer_repeats),
+    }
 
 
 # ----------------------------------------------------------------------------- label efficiency
@@ -667,8 +683,12 @@ def fine_tune(
     torch.manual_seed(seed)  # the head's initialisation
     method.classifier.reset_parameters()
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=config.lr, weight_decay=config.weight_decay,
-        warmup_epochs=round(config.warmup_fraction * epochs), seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_epochs=round(config.warmup_fraction * epochs),
+        seed=seed,
     )
 
     def predict(model, images_uint8):
@@ -681,17 +701,27 @@ def fine_tune(
             return {}
         return {"validation_accuracy": round(accuracy(predict(model, images[val_indices]), labels[val_indices]), 6)}
 
-    history = train(method, images[subset], labels[subset], train_config, device, progress=False,
-                    on_epoch_end=validation_point)
+    history = train(
+        method, images[subset], labels[subset], train_config, device, progress=False, on_epoch_end=validation_point
+    )
     with torch.no_grad():
         test_accuracy = accuracy(predict(method, test_data[0]), test_data[1])
     curve = [
-        {"step": record["epoch"] * steps_per_epoch, "loss": record["loss"],
-         "validation_accuracy": record["validation_accuracy"]}
-        for record in history if "validation_accuracy" in record
+        {
+            "step": record["epoch"] * steps_per_epoch,
+            "loss": record["loss"],
+            "validation_accuracy": record["validation_accuracy"],
+        }
+        for record in history
+        if "validation_accuracy" in record
     ]
-    return {"fraction": fraction, "seed": seed, "labels": len(subset), "test_accuracy": round(test_accuracy, 6),
-            "curve": curve}
+    return {
+        "fraction": fraction,
+        "seed": seed,
+        "labels": len(subset),
+        "test_accuracy": round(test_accuracy, 6),
+        "curve": curve,
+    }
 
 
 def label_efficiency(

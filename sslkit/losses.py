@@ -120,8 +120,9 @@ def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
         Scalar float32 tensor, in nats per image.
     """
     if mean.shape != log_variance.shape or mean.ndim != 2:
-        raise ValueError(f"gaussian_kl expects mean and log-variance [N, J], got {tuple(mean.shape)} and "
-                         f"{tuple(log_variance.shape)}")
+        raise ValueError(
+            f"gaussian_kl expects mean and log-variance [N, J], got {tuple(mean.shape)} and {tuple(log_variance.shape)}"
+        )
     with torch.autocast(device_type=mean.device.type, enabled=False):
         mean, log_variance = mean.float(), log_variance.float()
         return 0.5 * (mean.pow(2) + log_variance.exp() - log_variance - 1).sum(dim=1).mean()
@@ -202,8 +203,9 @@ def vicreg_loss(
         unweighted, as defined above).
     """
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"vicreg_loss expects two embeddings of the same shape [N, D], got {tuple(z1.shape)} "
-                         f"and {tuple(z2.shape)}")
+        raise ValueError(
+            f"vicreg_loss expects two embeddings of the same shape [N, D], got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if z1.shape[0] < 2:
         raise ValueError(f"vicreg_loss needs a batch of at least 2 to estimate variances, got N={z1.shape[0]}")
     with torch.autocast(device_type=z1.device.type, enabled=False):
@@ -260,8 +262,10 @@ def mae_loss(
         Scalar float32 tensor.
     """
     if predictions.shape != patches.shape or mask.shape != patches.shape[:2]:
-        raise ValueError(f"mae_loss expects predictions and patches [N, L, P] and mask [N, L], got "
-                         f"{tuple(predictions.shape)}, {tuple(patches.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"mae_loss expects predictions and patches [N, L, P] and mask [N, L], got "
+            f"{tuple(predictions.shape)}, {tuple(patches.shape)} and {tuple(mask.shape)}"
+        )
     with torch.autocast(device_type=predictions.device.type, enabled=False):
         target = normalized_patches(patches.float()) if normalize_target else patches.float()
         per_patch = (predictions.float() - target).pow(2).mean(dim=-1)

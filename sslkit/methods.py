@@ -97,8 +97,9 @@ class Autoencoder(Method):
             raise ValueError(f"noise_std must be non-negative, got {noise_std}")
         self.noise_std = noise_std
         self.augment_config = augment_config
-        self.decoder = ConvDecoder(self.encoder.feature_dim, decoder_widths, self.encoder.in_channels,
-                                   self.encoder.input_size)
+        self.decoder = ConvDecoder(
+            self.encoder.feature_dim, decoder_widths, self.encoder.in_channels, self.encoder.input_size
+        )
 
     def corrupt(self, images: torch.Tensor, generator=None) -> torch.Tensor:
         """The encoder's input: the images plus N(0, noise_std²) noise, clipped to [0, 1]."""
@@ -383,17 +384,27 @@ class MAE(Method):
         self.mask_ratio, self.normalize_target = mask_ratio, normalize_target
         self.augment_config = augment_config
         encoder = self.encoder
-        self.decoder = MAEDecoder(encoder.dim, encoder.num_patches, encoder.patch_size**2 * encoder.in_channels,
-                                  decoder_dim, decoder_depth, decoder_heads)
+        self.decoder = MAEDecoder(
+            encoder.dim,
+            encoder.num_patches,
+            encoder.patch_size**2 * encoder.in_channels,
+            decoder_dim,
+            decoder_depth,
+            decoder_heads,
+        )
 
     def predict(self, images: torch.Tensor, mask_ratio: float | None = None, generator=None) -> dict:
         """Mask, encode the visible patches, decode all patches.
 
         Returns ``predictions`` and ``patches`` ``[N, L, P]`` and ``mask`` ``[N, L]`` (1 = masked).
         """
-        keep, restore, mask = random_masking(images.shape[0], self.encoder.num_patches,
-                                             self.mask_ratio if mask_ratio is None else mask_ratio,
-                                             images.device, generator)
+        keep, restore, mask = random_masking(
+            images.shape[0],
+            self.encoder.num_patches,
+            self.mask_ratio if mask_ratio is None else mask_ratio,
+            images.device,
+            generator,
+        )
         predictions = self.decoder(self.encoder.tokens(images, keep), restore)
         return {"predictions": predictions, "patches": patchify(images, self.encoder.patch_size), "mask": mask}
 
@@ -472,7 +483,11 @@ def build_method(name: str, dataset: str = DEFAULT_DATASET, **kwargs) -> Method:
     info = dataset_info(dataset)
     kwargs.setdefault("encoder_config", encoder_config(dataset, "vit" if cls is MAE else "resnet"))
     default_augment = inspect.signature(cls).parameters.get("augment_config")
-    if info.channels == 3 and default_augment is not None and "augment_config" not in kwargs \
-            and default_augment.default is not None:
+    if (
+        info.channels == 3
+        and default_augment is not None
+        and "augment_config" not in kwargs
+        and default_augment.default is not None
+    ):
         kwargs["augment_config"] = with_colour(default_augment.default)
     return cls(**kwargs)

@@ -27,8 +27,17 @@ ENCODER_CONFIG = {"widths": [32, 64, 128], "in_channels": 1}
 # ResNet's). Sized by measured speed, like the ResNet: on 2 CPU cores its features of the 70,000 images
 # take about 3× the ResNet's time (the skip-mode notebook computes them); MLPs of 2× the width
 # (rather than ViT's 4×) keep it there.
-VIT_CONFIG = {"architecture": "vit", "image_size": 28, "patch_size": 4, "in_channels": 1, "dim": 128, "depth": 4,
-              "heads": 4, "mlp_ratio": 2, "position": "sincos"}
+VIT_CONFIG = {
+    "architecture": "vit",
+    "image_size": 28,
+    "patch_size": 4,
+    "in_channels": 1,
+    "dim": 128,
+    "depth": 4,
+    "heads": 4,
+    "mlp_ratio": 2,
+    "position": "sincos",
+}
 
 
 def encoder_config(dataset: str = DEFAULT_DATASET, architecture: str = "resnet") -> dict:
@@ -42,18 +51,25 @@ def encoder_config(dataset: str = DEFAULT_DATASET, architecture: str = "resnet")
     if dataset == DEFAULT_DATASET:
         return base
     info = dataset_info(dataset)
-    return {**base, "in_channels": info.channels, "image_size": info.image_size, "mean": list(info.mean),
-            "std": list(info.std)}
+    return {
+        **base,
+        "in_channels": info.channels,
+        "image_size": info.image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
 
 
-def normalization(mean: list[float] | None, std: list[float] | None, channels: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def normalization(
+    mean: list[float] | None, std: list[float] | None, channels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(mean, std)`` shaped ``[1, C, 1, 1]``: the given statistics, or Fashion-MNIST's."""
     mean = [FASHION_MNIST_MEAN] * channels if mean is None else list(mean)
     std = [FASHION_MNIST_STD] * channels if std is None else list(std)
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"the normalisation needs one mean and one std per input channel ({channels}), "
-                         f"got {mean} and {std}")
+        raise ValueError(
+            f"the normalisation needs one mean and one std per input channel ({channels}), got {mean} and {std}"
+        )
     return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
@@ -89,8 +105,14 @@ class ResNetEncoder(nn.Module):
     and tells the decoders what to draw (32 for CIFAR: 32 → 16 → 8 → 4).
     """
 
-    def __init__(self, widths: list[int] | tuple[int, ...] = (32, 64, 128), in_channels: int = 1,
-                 image_size: int | None = None, mean: list[float] | None = None, std: list[float] | None = None):
+    def __init__(
+        self,
+        widths: list[int] | tuple[int, ...] = (32, 64, 128),
+        in_channels: int = 1,
+        image_size: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ):
         super().__init__()
         self.widths = list(widths)
         self.in_channels, self.image_size = in_channels, image_size
@@ -111,13 +133,19 @@ class ResNetEncoder(nn.Module):
 
     def config(self) -> dict:
         extra = {"image_size": self.image_size, **self.statistics}
-        return {"widths": self.widths, "in_channels": self.in_channels,
-                **{key: value for key, value in extra.items() if value is not None}}
+        return {
+            "widths": self.widths,
+            "in_channels": self.in_channels,
+            **{key: value for key, value in extra.items() if value is not None},
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = "H, W" if self.image_size is None else f"{self.image_size}, {self.image_size}"
-        if x.ndim != 4 or x.shape[1] != self.in_channels or (
-                self.image_size is not None and tuple(x.shape[2:]) != (self.image_size, self.image_size)):
+        if (
+            x.ndim != 4
+            or x.shape[1] != self.in_channels
+            or (self.image_size is not None and tuple(x.shape[2:]) != (self.image_size, self.image_size))
+        ):
             raise ValueError(
                 f"ResNetEncoder expects images [N, {self.in_channels}, {size}] in [0, 1], got {tuple(x.shape)}"
             )
@@ -142,8 +170,11 @@ class ProjectionHead(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for layer in range(hidden_layers):
-            layers += [nn.Linear(in_dim if layer == 0 else hidden_dim, hidden_dim, bias=False),
-                       nn.BatchNorm1d(hidden_dim), nn.ReLU()]
+            layers += [
+                nn.Linear(in_dim if layer == 0 else hidden_dim, hidden_dim, bias=False),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(),
+            ]
         self.net = nn.Sequential(*layers, nn.Linear(hidden_dim, out_dim))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -159,16 +190,25 @@ class ConvDecoder(nn.Module):
     ``ConvTranspose2d(kernel 4, stride 2, padding 1)`` doubles the side, ``(H - 1)·2 - 2 + 4 = 2H``.
     """
 
-    def __init__(self, in_dim: int = 128, widths: list[int] | tuple[int, ...] = (64, 32, 16), out_channels: int = 1,
-                 image_size: int = 28):
+    def __init__(
+        self,
+        in_dim: int = 128,
+        widths: list[int] | tuple[int, ...] = (64, 32, 16),
+        out_channels: int = 1,
+        image_size: int = 28,
+    ):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"ConvDecoder draws images whose side is a multiple of 4, got {image_size}")
         self.in_dim, self.widths, self.base = in_dim, list(widths), image_size // 4
         self.project = nn.Sequential(nn.Linear(in_dim, widths[0] * self.base**2), nn.ReLU())
         self.upsample = nn.Sequential(
-            nn.ConvTranspose2d(widths[0], widths[1], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[1]), nn.ReLU(),
-            nn.ConvTranspose2d(widths[1], widths[2], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[2]), nn.ReLU(),
+            nn.ConvTranspose2d(widths[0], widths[1], 4, 2, 1, bias=False),
+            nn.BatchNorm2d(widths[1]),
+            nn.ReLU(),
+            nn.ConvTranspose2d(widths[1], widths[2], 4, 2, 1, bias=False),
+            nn.BatchNorm2d(widths[2]),
+            nn.ReLU(),
             nn.Conv2d(widths[2], out_channels, 3, 1, 1),
         )
 
@@ -331,13 +371,26 @@ class ViTEncoder(nn.Module):
     the masked patches. ``position`` is ``"sincos"`` (fixed) or ``"learned"``.
     """
 
-    def __init__(self, image_size: int = 28, patch_size: int = 4, in_channels: int = 1, dim: int = 128,
-                 depth: int = 4, heads: int = 4, mlp_ratio: int = 2, position: str = "sincos",
-                 architecture: str = "vit", mean: list[float] | None = None, std: list[float] | None = None):
+    def __init__(
+        self,
+        image_size: int = 28,
+        patch_size: int = 4,
+        in_channels: int = 1,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: int = 2,
+        position: str = "sincos",
+        architecture: str = "vit",
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ):
         super().__init__()
         if architecture != "vit" or position not in ("sincos", "learned"):
-            raise ValueError(f"ViTEncoder: architecture must be 'vit' and position 'sincos' or 'learned', "
-                             f"got {architecture!r} and {position!r}")
+            raise ValueError(
+                f"ViTEncoder: architecture must be 'vit' and position 'sincos' or 'learned', "
+                f"got {architecture!r} and {position!r}"
+            )
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
@@ -362,17 +415,26 @@ class ViTEncoder(nn.Module):
         nn.init.zeros_(self.patch_embedding.bias)
 
     def config(self) -> dict:
-        return {"architecture": "vit", "image_size": self.image_size, "patch_size": self.patch_size,
-                "in_channels": self.in_channels, "dim": self.dim, "depth": self.depth, "heads": self.heads,
-                "mlp_ratio": self.mlp_ratio, "position": self.position,
-                **{key: value for key, value in self.statistics.items() if value is not None}}
+        return {
+            "architecture": "vit",
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "in_channels": self.in_channels,
+            "dim": self.dim,
+            "depth": self.depth,
+            "heads": self.heads,
+            "mlp_ratio": self.mlp_ratio,
+            "position": self.position,
+            **{key: value for key, value in self.statistics.items() if value is not None},
+        }
 
     def tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Encoded tokens ``[N, L', dim]`` after the final norm, of all patches or those in ``keep`` ``[N, L']``."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"ViTEncoder expects images [N, {', '.join(map(str, expected))}] in [0, 1], "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"ViTEncoder expects images [N, {', '.join(map(str, expected))}] in [0, 1], got {tuple(x.shape)}"
+            )
         x = (x - self.pixel_mean) / self.pixel_std
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2) + self.position_embedding
         if keep is not None:
@@ -391,8 +453,16 @@ class MAEDecoder(nn.Module):
     position embeddings again, and a few narrow blocks predict each patch's ``p·p·C`` values.
     """
 
-    def __init__(self, encoder_dim: int = 128, num_patches: int = 49, patch_values: int = 16, dim: int = 64,
-                 depth: int = 2, heads: int = 4, mlp_ratio: int = 4):
+    def __init__(
+        self,
+        encoder_dim: int = 128,
+        num_patches: int = 49,
+        patch_values: int = 16,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+    ):
         super().__init__()
         self.dim, self.depth, self.heads, self.mlp_ratio = dim, depth, heads, mlp_ratio
         self.embed = nn.Linear(encoder_dim, dim)

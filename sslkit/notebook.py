@@ -70,8 +70,10 @@ class FrozenEvaluation:
 
     def per_class(self, labels: torch.Tensor, title: str) -> dict[str, torch.Tensor]:
         """Per-class test accuracy of the linear probe and of kNN: printed, drawn, and returned."""
-        per_class = {"linear probe": per_class_accuracy(self.predictions, labels),
-                     "kNN": per_class_accuracy(self.knn_predictions, labels)}
+        per_class = {
+            "linear probe": per_class_accuracy(self.predictions, labels),
+            "kNN": per_class_accuracy(self.knn_predictions, labels),
+        }
         for name, probe_value, knn_value in zip(CLASS_NAMES, per_class["linear probe"], per_class["kNN"], strict=True):
             print(f"  {name:<12} probe {100 * probe_value:5.1f}%   kNN {100 * knn_value:5.1f}%")
         plot_per_class_accuracy(per_class, title=title)
@@ -114,16 +116,25 @@ def evaluate_frozen(
     predictions = probe.predict(test_features)
     knn_predictions = knn_predict(train_features, train_data[1], test_features)
     evaluation = FrozenEvaluation(
-        train_features, test_features, probe, predictions, knn_predictions,
-        accuracy(predictions, test_data[1]), accuracy(knn_predictions, test_data[1]),
+        train_features,
+        test_features,
+        probe,
+        predictions,
+        knn_predictions,
+        accuracy(predictions, test_data[1]),
+        accuracy(knn_predictions, test_data[1]),
     )
     recorded = manifest_entry(name)["results"]
-    print(f"linear probe: test accuracy {100 * evaluation.probe_accuracy:.2f}% "
-          f"(manifest {100 * recorded['linear_probe']['test_accuracy']:.2f}%), "
-          f"macro-F1 {macro_f1(predictions, test_data[1]):.4f}\n"
-          f"    L2 strength {probe.weight_decay:g}, chosen on the validation split")
-    print(f"kNN (k = 200): test accuracy {100 * evaluation.knn_accuracy:.2f}% "
-          f"(manifest {100 * recorded['knn']['test_accuracy']:.2f}%)")
+    print(
+        f"linear probe: test accuracy {100 * evaluation.probe_accuracy:.2f}% "
+        f"(manifest {100 * recorded['linear_probe']['test_accuracy']:.2f}%), "
+        f"macro-F1 {macro_f1(predictions, test_data[1]):.4f}\n"
+        f"    L2 strength {probe.weight_decay:g}, chosen on the validation split"
+    )
+    print(
+        f"kNN (k = 200): test accuracy {100 * evaluation.knn_accuracy:.2f}% "
+        f"(manifest {100 * recorded['knn']['test_accuracy']:.2f}%)"
+    )
     return evaluation
 
 
@@ -138,8 +149,10 @@ def print_label_efficiency(
         recorded = manifest_entry(name)["results"]["fine_tune"]
         missing = [fraction for fraction in fractions if fraction not in recorded["fractions"]]
         if missing:
-            raise ValueError(f"{name}: no fine-tuning result for the label fractions {', '.join(missing)}; run "
-                             f"`python -m sslkit finetune {name} --fractions {' '.join(missing)}`")
+            raise ValueError(
+                f"{name}: no fine-tuning result for the label fractions {', '.join(missing)}; run "
+                f"`python -m sslkit finetune {name} --fractions {' '.join(missing)}`"
+            )
         results[name] = {**recorded, "fractions": {fraction: recorded["fractions"][fraction] for fraction in fractions}}
     header = "".join(f"{f'{float(f):.0%} labels':>18}" for f in fractions)
     print(f"{'encoder':<24}{header}")
@@ -172,8 +185,10 @@ def gain_over_scratch(results: dict[str, dict], name: str, scratch: str = "rando
     for fraction, result in results[name]["fractions"].items():
         reference = results[scratch]["fractions"][fraction]
         ours, theirs = np.array(result["test_accuracy"]), np.array(reference["test_accuracy"])
-        curves = [np.array([[p["validation_accuracy"] for p in curve] for curve in r["curves"]]).mean(axis=0)
-                  for r in (result, reference)]
+        curves = [
+            np.array([[p["validation_accuracy"] for p in curve] for curve in r["curves"]]).mean(axis=0)
+            for r in (result, reference)
+        ]
         steps = [point["step"] for point in result["curves"][0]]
         comparison[fraction] = {
             "gain": float(ours.mean() - theirs.mean()),
@@ -181,8 +196,12 @@ def gain_over_scratch(results: dict[str, dict], name: str, scratch: str = "rando
             "p_value": float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue),
             "first_gap": float(curves[0][0] - curves[1][0]),
             "last_gap": float(curves[0][-1] - curves[1][-1]),
-            "labels": result["labels"], "first_step": steps[0], "last_step": steps[-1],
-            "mean": float(ours.mean()), "scratch_mean": float(theirs.mean()), "seeds": (len(ours), len(theirs)),
+            "labels": result["labels"],
+            "first_step": steps[0],
+            "last_step": steps[-1],
+            "mean": float(ours.mean()),
+            "scratch_mean": float(theirs.mean()),
+            "seeds": (len(ours), len(theirs)),
         }
     return comparison
 
@@ -201,13 +220,17 @@ def print_gain_over_scratch(
     comparison = gain_over_scratch(results, name, scratch)
     for fraction, result in comparison.items():
         verdict = "significant" if result["p_value"] < 0.05 else "not significant"
-        print(f"{float(fraction):.0%} of the labels ({result['labels']:,} images): "
-              f"test {name} {100 * result['mean']:.2f}% − from scratch {100 * result['scratch_mean']:.2f}% = "
-              f"{100 * result['gain']:+.2f} ± {100 * result['standard_error']:.2f} points")
-        print(f"    Welch's t-test over {result['seeds'][0]} + {result['seeds'][1]} seeds: "
-              f"{p_value_text(result['p_value'])}, {verdict} at 5%\n"
-              f"    validation accuracy, mean over seeds: {100 * result['first_gap']:+.1f} points at step "
-              f"{result['first_step']}, {100 * result['last_gap']:+.1f} at step {result['last_step']}")
+        print(
+            f"{float(fraction):.0%} of the labels ({result['labels']:,} images): "
+            f"test {name} {100 * result['mean']:.2f}% − from scratch {100 * result['scratch_mean']:.2f}% = "
+            f"{100 * result['gain']:+.2f} ± {100 * result['standard_error']:.2f} points"
+        )
+        print(
+            f"    Welch's t-test over {result['seeds'][0]} + {result['seeds'][1]} seeds: "
+            f"{p_value_text(result['p_value'])}, {verdict} at 5%\n"
+            f"    validation accuracy, mean over seeds: {100 * result['first_gap']:+.1f} points at step "
+            f"{result['first_step']}, {100 * result['last_gap']:+.1f} at step {result['last_step']}"
+        )
     return comparison
 
 
@@ -233,17 +256,34 @@ def print_frozen_against_fine_tuned(
     """
     frozen = {}
     for fraction in fine_tune[name]["fractions"]:
-        frozen[fraction] = torch.tensor([
-            low_label_linear_probe(evaluation.train_features, train_labels, evaluation.test_features, test_labels,
-                                   float(fraction), seed)["test_accuracy"] for seed in FINE_TUNE_SEEDS])
+        frozen[fraction] = torch.tensor(
+            [
+                low_label_linear_probe(
+                    evaluation.train_features,
+                    train_labels,
+                    evaluation.test_features,
+                    test_labels,
+                    float(fraction),
+                    seed,
+                )["test_accuracy"]
+                for seed in FINE_TUNE_SEEDS
+            ]
+        )
     headers = [f"{label}, frozen + linear probe", f"{label}, fine-tuned", scratch_label]
     print(f"{'labels':>7} " + " ".join(f"{header:>{len(header) + 1}}" for header in headers))
     for fraction, runs in frozen.items():
         tuned, reference = fine_tune[name]["fractions"][fraction], fine_tune[scratch]["fractions"][fraction]
-        cells = [(runs.mean().item(), runs.std().item()), (tuned["mean"], tuned["std"]),
-                 (reference["mean"], reference["std"])]
-        print(f"{float(fraction):>7.0%} " + " ".join(
-            f"{100 * mean:>{len(header) - 6}.2f} ± {100 * std:4.2f}" for header, (mean, std) in zip(headers, cells,
-                                                                                                  strict=True)))
+        cells = [
+            (runs.mean().item(), runs.std().item()),
+            (tuned["mean"], tuned["std"]),
+            (reference["mean"], reference["std"]),
+        ]
+        print(
+            f"{float(fraction):>7.0%} "
+            + " ".join(
+                f"{100 * mean:>{len(header) - 6}.2f} ± {100 * std:4.2f}"
+                for header, (mean, std) in zip(headers, cells, strict=True)
+            )
+        )
     print(f"{'100%':>7} {100 * evaluation.probe_accuracy:>{len(headers[0]) - 6}.2f} (the shipped probe)")
     return frozen

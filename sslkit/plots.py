@@ -35,13 +35,15 @@ def _draw_image(ax: plt.Axes, picture: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def show_images(images: torch.Tensor, titles: list[str] | None = None, columns: int = 8, title: str | None = None,
-                size: float = 1.3) -> plt.Figure:
+def show_images(
+    images: torch.Tensor, titles: list[str] | None = None, columns: int = 8, title: str | None = None, size: float = 1.3
+) -> plt.Figure:
     """A grid of images (grey or colour) with optional per-image titles."""
     pictures = _as_images(images)
     rows = int(np.ceil(len(pictures) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * (1.3 if titles else 1)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(columns * size, rows * size * (1.3 if titles else 1)), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(pictures):
@@ -89,12 +91,15 @@ def show_image_rows(rows: dict[str, torch.Tensor], title: str | None = None, siz
 
 def show_view_pairs(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor) -> plt.Figure:
     """Three rows: the originals, their first augmented view, their second augmented view."""
-    return show_image_rows({"original": images, "view 1": view1, "view 2": view2},
-                           "Two random views of each image: a positive pair for contrastive learning")
+    return show_image_rows(
+        {"original": images, "view 1": view1, "view 2": view2},
+        "Two random views of each image: a positive pair for contrastive learning",
+    )
 
 
-def plot_history(history: list[dict], keys: tuple[str, ...] = ("loss",), title: str = "Training loss",
-                 ylabel: str = "loss") -> plt.Figure:
+def plot_history(
+    history: list[dict], keys: tuple[str, ...] = ("loss",), title: str = "Training loss", ylabel: str = "loss"
+) -> plt.Figure:
     """Per-epoch curves of the given history keys."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [record["epoch"] for record in history]
@@ -119,8 +124,15 @@ def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix (
     for i in range(len(rates)):
         for j in range(len(rates)):
             if rates[i, j] >= 0.01:
-                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * rates[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
     ax.set_xlabel("predicted class")
@@ -131,15 +143,20 @@ def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix (
     return fig
 
 
-def plot_per_class_accuracy(accuracies: dict[str, torch.Tensor | list[float]],
-                            title: str = "Per-class accuracy (test set)") -> plt.Figure:
+def plot_per_class_accuracy(
+    accuracies: dict[str, torch.Tensor | list[float]], title: str = "Per-class accuracy (test set)"
+) -> plt.Figure:
     """Grouped bars: one group per class, one bar per entry of ``accuracies`` (e.g. probe and kNN)."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(accuracies)
     positions = np.arange(len(CLASS_NAMES))
     for i, (name, values) in enumerate(accuracies.items()):
-        ax.bar(positions + (i - (len(accuracies) - 1) / 2) * width, 100 * np.asarray(values, dtype=float),
-               width, label=name)
+        ax.bar(
+            positions + (i - (len(accuracies) - 1) / 2) * width,
+            100 * np.asarray(values, dtype=float),
+            width,
+            label=name,
+        )
     ax.set_xticks(positions, CLASS_NAMES, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -151,8 +168,11 @@ def plot_per_class_accuracy(accuracies: dict[str, torch.Tensor | list[float]],
     return fig
 
 
-def plot_geometry(results: dict[str, dict], title: str = "Alignment and uniformity of the features",
-                  styles: dict[str, dict] | None = None) -> plt.Figure:
+def plot_geometry(
+    results: dict[str, dict],
+    title: str = "Alignment and uniformity of the features",
+    styles: dict[str, dict] | None = None,
+) -> plt.Figure:
     """Alignment against uniformity (Wang and Isola 2020), one labelled point per encoder.
 
     ``results`` maps a label to a manifest entry's ``results`` (its ``geometry`` and
@@ -163,9 +183,13 @@ def plot_geometry(results: dict[str, dict], title: str = "Alignment and uniformi
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, result in results.items():
         point = result["geometry"]
-        ax.scatter(point["uniformity"], point["alignment"], s=40,
-                   label=f"{label} (probe {100 * result['linear_probe']['test_accuracy']:.1f}%)",
-                   **(styles or {}).get(label, {}))
+        ax.scatter(
+            point["uniformity"],
+            point["alignment"],
+            s=40,
+            label=f"{label} (probe {100 * result['linear_probe']['test_accuracy']:.1f}%)",
+            **(styles or {}).get(label, {}),
+        )
     ax.set_xlabel("uniformity (lower: more spread)")
     ax.set_ylabel("alignment (lower: views closer)")
     ax.set_title(title)
@@ -208,8 +232,13 @@ def plot_embedding(points: np.ndarray, labels: torch.Tensor, title: str, ax: plt
     return fig or ax.figure
 
 
-def show_retrieval(queries: torch.Tensor, neighbours: torch.Tensor, query_labels: torch.Tensor,
-                   neighbour_labels: torch.Tensor, title: str = "Nearest neighbours in feature space") -> plt.Figure:
+def show_retrieval(
+    queries: torch.Tensor,
+    neighbours: torch.Tensor,
+    query_labels: torch.Tensor,
+    neighbour_labels: torch.Tensor,
+    title: str = "Nearest neighbours in feature space",
+) -> plt.Figure:
     """One row per query: the query, then its neighbours; a neighbour of another class is framed red."""
     n_queries, k = neighbours.shape[:2]
     fig, axes = plt.subplots(n_queries, k + 1, figsize=((k + 1) * 1.1, n_queries * 1.2))
@@ -253,8 +282,13 @@ def plot_label_efficiency(results: dict[str, dict], title: str = "Fine-tuning wi
             steps = [point["step"] for point in entry["curves"][0]]
             curves = 100 * np.array([[point["validation_accuracy"] for point in curve] for curve in entry["curves"]])
             label = {"random": "from scratch", "random_vit": "ViT from scratch"}.get(name, name)
-            line, = ax.plot(steps, curves.mean(axis=0), marker="o", markersize=3,
-                            label=f"{label}: test {100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}%")
+            (line,) = ax.plot(
+                steps,
+                curves.mean(axis=0),
+                marker="o",
+                markersize=3,
+                label=f"{label}: test {100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}%",
+            )
             ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
         ax.set_title(f"{float(fraction):.0%} of the labels ({entry['labels']:,} images)")
         ax.set_xlabel("fine-tuning step")

@@ -57,11 +57,15 @@ def bench_note(manifest: dict) -> str:
         return "Cost columns: not measured yet (`python -m sslkit bench --record`)."
     runs = {(cost["device"], cost["command"]) for cost in costs}
     if len(runs) > 1:
-        raise ValueError("the recorded costs come from more than one bench run; re-run `python -m sslkit bench "
-                         "--record` for all methods at once so that they are comparable")
+        raise ValueError(
+            "the recorded costs come from more than one bench run; re-run `python -m sslkit bench "
+            "--record` for all methods at once so that they are comparable"
+        )
     device, command = runs.pop()
-    return (f"Cost columns: training images/s (one image = all its views) and seconds per epoch of 60,000 "
-            f"images, measured side by side in one run of `{command}` on {device}.")
+    return (
+        f"Cost columns: training images/s (one image = all its views) and seconds per epoch of 60,000 "
+        f"images, measured side by side in one run of `{command}` on {device}."
+    )
 
 
 def results_table(manifest: dict) -> str:

@@ -205,8 +205,10 @@ def train(
         raise ValueError(f"{len(images)} images are fewer than one batch of {config.batch_size}")
     processes, rank = distributed.world_size(), distributed.rank()
     if config.batch_size % processes:
-        raise ValueError(f"the batch of {config.batch_size} does not split evenly over {processes} processes; "
-                         f"choose a batch size divisible by {processes}")
+        raise ValueError(
+            f"the batch of {config.batch_size} does not split evenly over {processes} processes; "
+            f"choose a batch size divisible by {processes}"
+        )
     local_batch = config.batch_size // processes
     progress = progress and distributed.is_main_process()
     steps_per_epoch = len(images) // config.batch_size
@@ -244,8 +246,12 @@ def train(
     start_epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        expected = {"method": method.name, "method_config": method.config(), "train_config": config.to_dict(),
-                    "processes": processes}
+        expected = {
+            "method": method.name,
+            "method_config": method.config(),
+            "train_config": config.to_dict(),
+            "processes": processes,
+        }
         for key, value in expected.items():
             recorded = state.get(key, 1 if key == "processes" else None)
             if recorded != value:
@@ -269,8 +275,10 @@ def train(
         order = torch.randperm(len(images), generator=data_generator).to(device)
         sums: dict[str, torch.Tensor] = {}
         bar = tqdm(
-            range(steps_per_epoch), desc=f"{method.name} epoch {epoch + 1}/{config.epochs}",
-            disable=not progress, leave=False,
+            range(steps_per_epoch),
+            desc=f"{method.name} epoch {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
         )
         for step in bar:
             start = step * config.batch_size + rank * local_batch  # this process's share of the global batch
@@ -306,8 +314,10 @@ def train(
             method.train()
         history.append(record)
         if progress:
-            tqdm.write(f"{method.name} epoch {epoch + 1}/{config.epochs}: " + ", ".join(
-                f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+            tqdm.write(
+                f"{method.name} epoch {epoch + 1}/{config.epochs}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+            )
         augment_states = None
         if processes > 1:  # every process's view generator, so that each resumes its own views
             augment_states = [None] * processes

@@ -41,8 +41,11 @@ def weights_dir(dataset: str = DEFAULT_DATASET) -> Path:
     """``$SSLKIT_WEIGHTS`` if set, else the repository's ``weights/`` (found from the package, not the cwd);
     for a dataset other than Fashion-MNIST, its subfolder (``weights/cifar10/``), with its own manifest."""
     dataset_info(dataset)  # a clear error for unknown names
-    root = Path(os.environ["SSLKIT_WEIGHTS"]) if os.environ.get("SSLKIT_WEIGHTS") else (
-        Path(__file__).resolve().parent.parent / "weights")
+    root = (
+        Path(os.environ["SSLKIT_WEIGHTS"])
+        if os.environ.get("SSLKIT_WEIGHTS")
+        else (Path(__file__).resolve().parent.parent / "weights")
+    )
     return root if dataset == DEFAULT_DATASET else root / dataset
 
 
@@ -194,8 +197,9 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     return module
 
 
-def load_pretrained(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None,
-                    dataset: str | None = None) -> nn.Module:
+def load_pretrained(
+    name: str, device: str | torch.device = "cpu", directory: str | Path | None = None, dataset: str | None = None
+) -> nn.Module:
     """The frozen, verified encoder of a method or baseline, in eval mode.
 
     Input: float ``[N, C, H, W]`` in ``[0, 1]``: ``[N, 1, 28, 28]`` for Fashion-MNIST (the default) and
@@ -218,8 +222,9 @@ def load_pretrained(name: str, device: str | torch.device = "cpu", directory: st
     return encoder.to(device)
 
 
-def load_method(name: str, device: str | torch.device = "cpu", directory: str | Path | None = None,
-                dataset: str | None = None) -> nn.Module:
+def load_method(
+    name: str, device: str | torch.device = "cpu", directory: str | Path | None = None, dataset: str | None = None
+) -> nn.Module:
     """The whole trained method (encoder and heads, e.g. SimCLR's projector), verified, in eval mode."""
     from .methods import METHOD_CLASSES, build_method
 

@@ -22,8 +22,9 @@ from sslkit.augment import (
     with_colour,
 )
 
-IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
-                         blur_prob=0.0, erase_prob=0.0)
+IDENTITY = AugmentConfig(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, blur_prob=0.0, erase_prob=0.0
+)
 
 
 def test_output_shape_dtype_range_and_device(small_batch):
@@ -77,8 +78,10 @@ def test_blur_keeps_brightness_and_smooths(small_batch):
     blurred = gaussian_blur(images, config)
     constant = torch.full_like(images, 0.3)
     assert torch.allclose(gaussian_blur(constant, config), constant, atol=1e-6)  # kernels sum to 1
+
     def total_variation(x):
         return (x[..., 1:] - x[..., :-1]).abs().mean()
+
     assert total_variation(blurred) < 0.8 * total_variation(images)
 
 
@@ -179,8 +182,11 @@ def test_colour_operations_leave_grey_images_unchanged(small_batch):
     assert torch.equal(random_grayscale(images, AugmentConfig(grayscale_prob=1.0)), images)
 
 
-@pytest.mark.parametrize("config", [SIMCLR_AUGMENT, SUPERVISED_AUGMENT, FLIP_AUGMENT, AugmentConfig(erase_prob=0.5)],
-                         ids=["simclr", "supervised", "flip", "erase"])
+@pytest.mark.parametrize(
+    "config",
+    [SIMCLR_AUGMENT, SUPERVISED_AUGMENT, FLIP_AUGMENT, AugmentConfig(erase_prob=0.5)],
+    ids=["simclr", "supervised", "flip", "erase"],
+)
 def test_grey_presets_draw_nothing_for_colour_and_give_the_same_views(small_batch, config):
     # Shipped results were measured with seeded views: a config without the colour fields must draw
     # the same random numbers as before they existed, and make bitwise the same views.
@@ -242,8 +248,11 @@ def test_colour_views_of_rgb_batches(colour_batch):
 
 
 def test_from_dict_reads_configs_stored_before_the_colour_fields():
-    stored = {key: list(value) if isinstance(value, tuple) else value for key, value in SIMCLR_AUGMENT.to_dict().items()
-              if key not in SIMCLR_COLOUR}
+    stored = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in SIMCLR_AUGMENT.to_dict().items()
+        if key not in SIMCLR_COLOUR
+    }
     assert AugmentConfig.from_dict(stored) == SIMCLR_AUGMENT
     coloured = with_colour(SIMCLR_AUGMENT)
     assert AugmentConfig.from_dict(coloured.to_dict()) == coloured

@@ -7,12 +7,12 @@ import torch
 
 
 def sslkit(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "sslkit", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "sslkit", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "evaluate", "geometry", "transfer", "finetune", "sweep", "bench",
-                                     "results"])
+@pytest.mark.parametrize(
+    "command", ["pretrain", "evaluate", "geometry", "transfer", "finetune", "sweep", "bench", "results"]
+)
 def test_every_command_explains_its_options(command):
     result = sslkit(command, "--help")
     assert result.returncode == 0
@@ -44,8 +44,23 @@ def test_invalid_values_get_a_clear_error(args, message):
 
 def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     out = tmp_path / "weights"
-    result = sslkit("pretrain", "simclr", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
-                    "--limit", "600", "--out", str(out), "--checkpoint", str(tmp_path / "run.ckpt"), "--no-progress")
+    result = sslkit(
+        "pretrain",
+        "simclr",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "64",
+        "--limit",
+        "600",
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(tmp_path / "run.ckpt"),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["methods"]["simclr"]
@@ -63,8 +78,15 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
 
     # geometry re-measures what pretrain recorded, from the published weights and the same seeded views
     recorded = entry["results"]["geometry"]
-    (out / "manifest.json").write_text(json.dumps(
-        {"methods": {"simclr": {**entry, "results": {k: v for k, v in entry["results"].items() if k != "geometry"}}}}))
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "methods": {
+                    "simclr": {**entry, "results": {k: v for k, v in entry["results"].items() if k != "geometry"}}
+                }
+            }
+        )
+    )
     measured = sslkit("geometry", "simclr", "--weights", str(out), "--limit", "600", "--device", "cpu")
     assert measured.returncode == 0, measured.stderr
     remeasured = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["geometry"]
@@ -81,8 +103,27 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert remeasured == transfer
 
     # The batch-size experiment of notebook 05: learning rate scaled linearly, two seeds, diagnostics.
-    swept = sslkit("sweep", "simclr", "batch_size", "32", "64", "--seeds", "0", "1", "--lr-scaling", "linear",
-                   "--epochs", "1", "--steps-per-epoch", "1", "--limit", "600", "--weights", str(out), "--diagnostics")
+    swept = sslkit(
+        "sweep",
+        "simclr",
+        "batch_size",
+        "32",
+        "64",
+        "--seeds",
+        "0",
+        "1",
+        "--lr-scaling",
+        "linear",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--limit",
+        "600",
+        "--weights",
+        str(out),
+        "--diagnostics",
+    )
     assert swept.returncode == 0, swept.stderr
     sweep = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["sweeps"]["batch_size"]
     assert [(run["value"], run["seed"]) for run in sweep["runs"]] == [(32, 0), (32, 1), (64, 0), (64, 1)]
@@ -95,19 +136,42 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert len(diagnostics["embedding_covariance_block"]) == 32 and 1 <= diagnostics["feature_effective_rank"] <= 128
 
     # An interrupted sweep resumes: runs already recorded with the same settings are not trained again.
-    again = sslkit("sweep", "simclr", "batch_size", "32", "64", "--seeds", "0", "1", "--lr-scaling", "linear",
-                   "--epochs", "1", "--steps-per-epoch", "1", "--limit", "600", "--weights", str(out), "--diagnostics")
+    again = sslkit(
+        "sweep",
+        "simclr",
+        "batch_size",
+        "32",
+        "64",
+        "--seeds",
+        "0",
+        "1",
+        "--lr-scaling",
+        "linear",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--limit",
+        "600",
+        "--weights",
+        str(out),
+        "--diagnostics",
+    )
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("recorded by an earlier, interrupted sweep") == 4
-    assert json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["sweeps"]["batch_size"][
-        "runs"] == sweep["runs"]
+    assert (
+        json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["sweeps"]["batch_size"]["runs"]
+        == sweep["runs"]
+    )
 
     # results on two shipped encoders: re-measured, recorded, and a well-formed table written between the markers
     random = sslkit("pretrain", "random", "--limit", "600", "--out", str(out), "--no-progress")
     assert random.returncode == 0, random.stderr
     readme = tmp_path / "README.md"
-    readme.write_text("# title\n<!-- results:start (generated by `python -m sslkit results`; do not edit) -->\n"
-                      "stale\n<!-- results:end -->\nafter\n")
+    readme.write_text(
+        "# title\n<!-- results:start (generated by `python -m sslkit results`; do not edit) -->\n"
+        "stale\n<!-- results:end -->\nafter\n"
+    )
     stale = sslkit("results", "--check", "--readme", str(readme), "--weights", str(out))
     assert stale.returncode == 1 and "out of date" in stale.stderr
     written = sslkit("results", "--readme", str(readme), "--weights", str(out), "--limit", "600", "--device", "cpu")
@@ -118,8 +182,10 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| SimCLR", "| Random encoder (untrained)"]
     assert all(row.count("|") == rows[0].count("|") for row in rows)  # every row has every column
     entries = json.loads((out / "manifest.json").read_text())["methods"]
-    assert all(f"{100 * entries[name]['results']['transfer']['mean']:.2f} ± " in row
-               for name, row in zip(("simclr", "random"), rows[1:], strict=True))
+    assert all(
+        f"{100 * entries[name]['results']['transfer']['mean']:.2f} ± " in row
+        for name, row in zip(("simclr", "random"), rows[1:], strict=True)
+    )
     assert sslkit("results", "--check", "--readme", str(readme), "--weights", str(out)).returncode == 0
 
     # a record that the weights no longer reproduce is an error, not a new row
@@ -147,8 +213,23 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
     from sslkit.weights import weights_dir
 
     (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
-    result = sslkit("bench", "--device", "cpu", "--batch-size", "32", "--batches", "2", "--steps", "1",
-                    "--methods", "simclr", "rotation", "--record", "--weights", str(tmp_path))
+    result = sslkit(
+        "bench",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "32",
+        "--batches",
+        "2",
+        "--steps",
+        "1",
+        "--methods",
+        "simclr",
+        "rotation",
+        "--record",
+        "--weights",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     assert "x the DataLoader path" in result.stdout and "sslkit / kornia" in result.stdout
     assert "simclr" in result.stdout and "images/s" in result.stdout
@@ -177,8 +258,23 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
 def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
     out = tmp_path / "weights"
     common = ["--limit", "600", "--weights", str(out)]
-    published = sslkit("pretrain", "vae", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
-                       "--limit", "600", "--out", str(out), "--checkpoint", str(tmp_path / "vae.ckpt"), "--no-progress")
+    published = sslkit(
+        "pretrain",
+        "vae",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "64",
+        "--limit",
+        "600",
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(tmp_path / "vae.ckpt"),
+        "--no-progress",
+    )
     assert published.returncode == 0, published.stderr
 
     tuned = sslkit("finetune", "vae", "--steps", "3", "--seeds", "0", "1", "--device", "cpu", *common)
@@ -191,8 +287,9 @@ def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
     assert min(ten_percent["test_accuracy"]) <= ten_percent["mean"] <= max(ten_percent["test_accuracy"])
 
     # another fraction with the same recipe is added beside the recorded ones
-    everything = sslkit("finetune", "vae", "--steps", "3", "--seeds", "0", "1", "--fractions", "1", "--device", "cpu",
-                        *common)
+    everything = sslkit(
+        "finetune", "vae", "--steps", "3", "--seeds", "0", "1", "--fractions", "1", "--device", "cpu", *common
+    )
     assert everything.returncode == 0, everything.stderr
     merged = json.loads((out / "manifest.json").read_text())["methods"]["vae"]["results"]["fine_tune"]
     assert list(merged["fractions"]) == ["0.01", "0.1", "1"]
@@ -200,14 +297,16 @@ def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
     assert merged["fractions"]["1"]["labels"] == 540  # all 600 but the validation tenth
     assert merged["seconds"] > fine_tune["seconds"] and merged["device"] == merged["fractions"]["1"]["device"]
     # a new recipe replaces the record instead of mixing with it
-    other = sslkit("finetune", "vae", "--steps", "2", "--seeds", "0", "1", "--fractions", "1", "--device", "cpu",
-                   *common)
+    other = sslkit(
+        "finetune", "vae", "--steps", "2", "--seeds", "0", "1", "--fractions", "1", "--device", "cpu", *common
+    )
     assert other.returncode == 0, other.stderr
     replaced = json.loads((out / "manifest.json").read_text())["methods"]["vae"]["results"]["fine_tune"]
     assert list(replaced["fractions"]) == ["1"] and replaced["config"]["steps"] == 2
 
-    swept = sslkit("sweep", "vae", "beta", "0.5", "2", "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu",
-                   *common)
+    swept = sslkit(
+        "sweep", "vae", "beta", "0.5", "2", "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu", *common
+    )
     assert swept.returncode == 0, swept.stderr
     results = json.loads((out / "manifest.json").read_text())["methods"]["vae"]["results"]
     runs = results["sweeps"]["beta"]["runs"]
@@ -222,8 +321,23 @@ def test_mae_and_its_random_vit_baseline_publish_vit_encoders(tmp_path):
 
     out = tmp_path / "weights"
     for name in ("mae", "random_vit"):
-        result = sslkit("pretrain", name, "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64", "--limit",
-                        "300", "--out", str(out), "--checkpoint", str(tmp_path / f"{name}.ckpt"), "--no-progress")
+        result = sslkit(
+            "pretrain",
+            name,
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "64",
+            "--limit",
+            "300",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(tmp_path / f"{name}.ckpt"),
+            "--no-progress",
+        )
         assert result.returncode == 0, result.stderr
     entries = json.loads((out / "manifest.json").read_text())["methods"]
     assert entries["mae"]["config"]["encoder"] == entries["random_vit"]["config"]["encoder"] == VIT_CONFIG

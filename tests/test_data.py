@@ -72,8 +72,10 @@ def test_the_transfer_digits_look_like_fashion_mnist():
 
     images, labels = load_digits_28()
     assert images.shape == (1797, 28, 28) and images.dtype == torch.uint8
-    assert labels.dtype == torch.int64 and labels.bincount().tolist() == torch.bincount(
-        torch.from_numpy(load_digits().target)).tolist()
+    assert (
+        labels.dtype == torch.int64
+        and labels.bincount().tolist() == torch.bincount(torch.from_numpy(load_digits().target)).tolist()
+    )
     # Ink is bright on a dark background, as in Fashion-MNIST: the corners are background.
     assert images[:, 0, 0].float().mean() < 10 and images[:, 10:18, 10:18].float().mean() > 50
     assert images.max() == 255

@@ -44,8 +44,12 @@ def write_idx(path, array: np.ndarray) -> None:
 
 def cifar_batch(first: int, count: int, labels: list[int], label_key: str) -> dict:
     """A batch as CIFAR's python version stores it: rows of 3072 bytes, the R plane, then G, then B."""
-    rows = np.stack([np.concatenate([np.full(1024, cifar_pixel(i, c), np.uint8) for c in range(3)])
-                     for i in range(first, first + count)])
+    rows = np.stack(
+        [
+            np.concatenate([np.full(1024, cifar_pixel(i, c), np.uint8) for c in range(3)])
+            for i in range(first, first + count)
+        ]
+    )
     rows[:, 1] = np.random.default_rng(first).integers(0, 256, count)  # some texture, so the views differ
     return {"batch_label": f"fake batch from {first}", label_key: labels, "data": rows}
 
@@ -138,10 +142,12 @@ def test_the_cifar100_transfer_task_is_ten_classes_of_both_splits_relabelled():
     assert len(data.CIFAR100_CLASS_NAMES) == 100
 
 
-@pytest.mark.parametrize("dataset,folder,torchvision_class",
-                         [("mnist", "MNIST/raw", "MNIST"), ("cifar10", "cifar-10-batches-py", "CIFAR10")])
-def test_a_dataset_neither_on_disk_nor_downloadable_gets_one_clear_error(tmp_path, monkeypatch, dataset, folder,
-                                                                         torchvision_class):
+@pytest.mark.parametrize(
+    "dataset,folder,torchvision_class", [("mnist", "MNIST/raw", "MNIST"), ("cifar10", "cifar-10-batches-py", "CIFAR10")]
+)
+def test_a_dataset_neither_on_disk_nor_downloadable_gets_one_clear_error(
+    tmp_path, monkeypatch, dataset, folder, torchvision_class
+):
     monkeypatch.setenv("SSLKIT_DATA", str(tmp_path / "nowhere"))
     monkeypatch.setattr(data, "_download", lambda info, split: None)  # offline
     with pytest.raises(DataNotFoundError) as error:
@@ -205,8 +211,10 @@ def test_the_fashion_mnist_configs_are_the_shipped_ones_and_others_take_the_data
     assert encoder_config() == ENCODER_CONFIG and encoder_config("fashion-mnist", "vit") == VIT_CONFIG
     cifar = encoder_config("cifar10")
     assert cifar["in_channels"] == 3 and cifar["image_size"] == 32 and len(cifar["mean"]) == 3
-    assert encoder_config("cifar10", "vit")["image_size"] == 32 and build_encoder(encoder_config("cifar10", "vit")
-                                                                                  ).num_patches == 64
+    assert (
+        encoder_config("cifar10", "vit")["image_size"] == 32
+        and build_encoder(encoder_config("cifar10", "vit")).num_patches == 64
+    )
     assert encoder_config("mnist")["in_channels"] == 1 and encoder_config("mnist")["mean"] == [0.1307]
     assert build_encoder(cifar).config() == cifar  # the config round-trips through the manifest
 
@@ -285,14 +293,31 @@ def test_the_imagenet_reference_offline_is_a_clear_error(imagenet_offline):
 
 
 def pretrain(name, dataset, *extra):
-    return main(["pretrain", name, "--dataset", dataset, "--epochs", "1", "--steps-per-epoch", "2", "--batch-size",
-                 "32", "--limit", "120", "--no-progress", "--checkpoint", f"{name}-{dataset}.ckpt", *extra])
+    return main(
+        [
+            "pretrain",
+            name,
+            "--dataset",
+            dataset,
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "32",
+            "--limit",
+            "120",
+            "--no-progress",
+            "--checkpoint",
+            f"{name}-{dataset}.ckpt",
+            *extra,
+        ]
+    )
 
 
 # Every trainable method on both datasets, and on CIFAR-10 the three baselines too (their pixels and
 # random networks take the dataset's shape).
-PUBLISHED = {"mnist": sorted(METHOD_CLASSES),
-             "cifar10": sorted(METHOD_CLASSES) + ["random", "random_vit", "pixels"]}
+PUBLISHED = {"mnist": sorted(METHOD_CLASSES), "cifar10": sorted(METHOD_CLASSES) + ["random", "random_vit", "pixels"]}
 
 
 @pytest.fixture(scope="module")
@@ -326,8 +351,9 @@ def test_a_two_step_pretrain_on_each_dataset_publishes_weights_that_load_and_rep
     assert not (weights / "manifest.json").exists()
     for name in names:
         entry = entries[name]
-        assert entry["dataset"] == dataset and entry["command"].startswith(f"python -m sslkit pretrain {name} "
-                                                                           f"--dataset {dataset}")
+        assert entry["dataset"] == dataset and entry["command"].startswith(
+            f"python -m sslkit pretrain {name} --dataset {dataset}"
+        )
         expected_task = "digits" if dataset == "mnist" else "CIFAR-100, 10 classes"
         assert expected_task in entry["results"]["transfer"]["dataset"]
         encoder = load_pretrained(name, dataset=dataset)
@@ -358,10 +384,44 @@ def test_weights_of_one_dataset_are_not_loaded_as_anothers(weights, capsys):
 def test_the_other_commands_take_the_dataset_too(weights, capsys, imagenet_offline):
     assert main(["geometry", "simclr", "--dataset", "cifar10", "--limit", "120"]) == 0
     assert main(["transfer", "random", "--dataset", "cifar10", "--repeats", "1"]) == 0
-    assert main(["finetune", "random", "--dataset", "cifar10", "--limit", "120", "--steps", "2", "--seeds", "0",
-                 "--fractions", "0.5"]) == 0
-    assert main(["sweep", "simclr", "batch_size", "32", "--dataset", "cifar10", "--limit", "120", "--epochs", "1",
-                 "--steps-per-epoch", "1"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "random",
+                "--dataset",
+                "cifar10",
+                "--limit",
+                "120",
+                "--steps",
+                "2",
+                "--seeds",
+                "0",
+                "--fractions",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sweep",
+                "simclr",
+                "batch_size",
+                "32",
+                "--dataset",
+                "cifar10",
+                "--limit",
+                "120",
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "1",
+            ]
+        )
+        == 0
+    )
     entries = json.loads((weights / "cifar10" / "manifest.json").read_text())["methods"]
     assert entries["simclr"]["results"]["geometry"]["images"] == CIFAR10_BATCH  # the fake test split
     assert entries["random"]["results"]["transfer"]["repeats"] == 1
@@ -372,8 +432,9 @@ def test_the_other_commands_take_the_dataset_too(weights, capsys, imagenet_offli
     assert "ImageNet weights of ResNet-18" in capsys.readouterr().err
 
 
-def test_pretraining_on_cifar10_stops_before_training_when_its_transfer_task_is_missing(tmp_path, monkeypatch,
-                                                                                        fake_root, capsys):
+def test_pretraining_on_cifar10_stops_before_training_when_its_transfer_task_is_missing(
+    tmp_path, monkeypatch, fake_root, capsys
+):
     only_cifar10 = tmp_path / "only-cifar10"
     only_cifar10.mkdir()
     (only_cifar10 / "cifar-10-batches-py").symlink_to(fake_root / "cifar-10-batches-py")

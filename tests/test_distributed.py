@@ -38,9 +38,27 @@ def test_gathered_losses_and_gradients_equal_one_process_holding_the_whole_batch
 
 def test_two_process_pretraining_writes_one_checkpoint_one_history_and_publishes_once(tmp_path):
     out = tmp_path / "weights"
-    result = run("-m", "sslkit", "pretrain", "vicreg", "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "64",
-                 "--limit", "600", "--device", "cpu", "--out", str(out), "--checkpoint", str(tmp_path / "run.ckpt"),
-                 "--no-progress")
+    result = run(
+        "-m",
+        "sslkit",
+        "pretrain",
+        "vicreg",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "3",
+        "--batch-size",
+        "64",
+        "--limit",
+        "600",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(tmp_path / "run.ckpt"),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("vicreg: linear probe") == 1  # rank 0 alone evaluates and publishes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt", "run.history.json", "weights"]
@@ -54,15 +72,55 @@ def test_two_process_pretraining_writes_one_checkpoint_one_history_and_publishes
 
     # Resuming with another number of processes would change the run: refused with a clear message.
     single = subprocess.run(
-        [sys.executable, "-m", "sslkit", "pretrain", "vicreg", "--epochs", "1", "--batch-size", "64",
-         "--steps-per-epoch", "3", "--limit", "600", "--device", "cpu", "--out", str(out),
-         "--checkpoint", str(tmp_path / "run.ckpt"), "--no-progress"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "sslkit",
+            "pretrain",
+            "vicreg",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--steps-per-epoch",
+            "3",
+            "--limit",
+            "600",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(tmp_path / "run.ckpt"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 2 and "was written for a different run (processes differs: 2 vs 1)" in single.stderr
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
-    result = run("-m", "sslkit", "pretrain", "simclr", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "63",
-                 "--limit", "600", "--device", "cpu", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "c.ckpt"))
+    result = run(
+        "-m",
+        "sslkit",
+        "pretrain",
+        "simclr",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--batch-size",
+        "63",
+        "--limit",
+        "600",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--checkpoint",
+        str(tmp_path / "c.ckpt"),
+    )
     assert result.returncode != 0
     assert "does not split evenly over 2 processes" in result.stderr

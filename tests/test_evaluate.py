@@ -68,13 +68,18 @@ def test_low_label_probe_fits_the_fine_tuning_subset_and_chooses_on_the_validati
     features = centers[labels] + 3.0 * torch.randn(len(labels), 16, generator=torch.Generator().manual_seed(1))
     test_labels = torch.arange(1000) % 10
     test_features = centers[test_labels] + 3.0 * torch.randn(1000, 16, generator=torch.Generator().manual_seed(2))
-    result = low_label_linear_probe(features, labels, test_features, test_labels, 0.01, seed=0,
-                                    weight_decays=(1e-4, 10.0))
+    result = low_label_linear_probe(
+        features, labels, test_features, test_labels, 0.01, seed=0, weight_decays=(1e-4, 10.0)
+    )
     # By hand: fit on exactly the fine-tuning subset, score both strengths on the validation split.
     subset = fine_tune_subset(labels, 0.01, seed=0)
     _, val_indices = validation_split(labels, 5000)
-    scores = {wd: accuracy(fit_linear_probe(features[subset], labels[subset], wd).predict(features[val_indices]),
-                           labels[val_indices]) for wd in (1e-4, 10.0)}
+    scores = {
+        wd: accuracy(
+            fit_linear_probe(features[subset], labels[subset], wd).predict(features[val_indices]), labels[val_indices]
+        )
+        for wd in (1e-4, 10.0)
+    }
     best = max(scores, key=scores.get)
     assert result["labels"] == len(subset) == 600 and result["weight_decay"] == best
     expected = accuracy(fit_linear_probe(features[subset], labels[subset], best).predict(test_features), test_labels)
@@ -100,8 +105,9 @@ def test_knn_matches_a_brute_force_vote():
 def test_metrics_match_scikit_learn():
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (500,), generator=generator)
-    predictions = torch.where(torch.rand(500, generator=generator) < 0.7, labels,
-                              torch.randint(0, 10, (500,), generator=generator))
+    predictions = torch.where(
+        torch.rand(500, generator=generator) < 0.7, labels, torch.randint(0, 10, (500,), generator=generator)
+    )
     assert accuracy(predictions, labels) == pytest.approx((predictions == labels).float().mean().item())
     assert macro_f1(predictions, labels) == pytest.approx(f1_score(labels, predictions, average="macro"))
     matrix = confusion_matrix(predictions, labels)
@@ -240,8 +246,9 @@ def test_transfer_probe_matches_scikit_learn_cross_validation_on_the_same_folds(
     expected = []
     for train_indices, test_indices in splits:
         # Our objective, mean cross-entropy + wd·‖W‖², is scikit-learn's with C = 1 / (2 · wd · n).
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (2 * weight_decay * len(train_indices)),
-                                                                   max_iter=2000))
+        model = make_pipeline(
+            StandardScaler(), LogisticRegression(C=1 / (2 * weight_decay * len(train_indices)), max_iter=2000)
+        )
         model.fit(features[train_indices].numpy(), labels[train_indices].numpy())
         expected.append(model.score(features[test_indices].numpy(), labels[test_indices].numpy()))
     assert 0.5 < result["mean"] < 0.98

@@ -23,8 +23,10 @@ def nt_xent_by_loop(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> t
     total = 0.0
     for i in range(n2):
         partner = (i + n) % n2
+
         def sim(a, b):
             return torch.dot(z[a], z[b]) / (z[a].norm() * z[b].norm()) / temperature
+
         denominator = sum(torch.exp(sim(i, k)) for k in range(n2) if k != i)
         total = total - torch.log(torch.exp(sim(i, partner)) / denominator)
     return total / n2
@@ -197,7 +199,8 @@ def dcl_by_loop(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch
         partner = (i + n2 // 2) % n2
         negatives = [k for k in range(n2) if k not in (i, partner)]
         total += -torch.dot(z[i], z[partner]) / temperature + torch.log(
-            sum(torch.exp(torch.dot(z[i], z[k]) / temperature) for k in negatives))
+            sum(torch.exp(torch.dot(z[i], z[k]) / temperature) for k in negatives)
+        )
     return total / n2
 
 
@@ -222,11 +225,13 @@ def test_dcl_hand_checked_value_and_its_gap_to_nt_xent():
     similarity = zn @ zn.T / temperature
     partner = torch.cat([torch.arange(8, 16), torch.arange(0, 8)])
     positive = similarity[torch.arange(16), partner]
-    negative_mass = torch.stack([similarity[i, [k for k in range(16) if k not in (i, partner[i])]].exp().sum()
-                                 for i in range(16)])
+    negative_mass = torch.stack(
+        [similarity[i, [k for k in range(16) if k not in (i, partner[i])]].exp().sum() for i in range(16)]
+    )
     gap = torch.log1p(positive.exp() / negative_mass).mean()
     assert (nt_xent_loss(z1, z2, temperature) - dcl_loss(z1, z2, temperature)).item() == pytest.approx(
-        gap.item(), rel=1e-5)
+        gap.item(), rel=1e-5
+    )
 
 
 def test_dcl_gradient_matches_loop_and_is_symmetric():
@@ -265,8 +270,10 @@ def vicreg_terms_by_loop(z1: torch.Tensor, z2: torch.Tensor) -> tuple[float, flo
 
     def variance_and_covariance(z):
         means = [sum(z[i, j] for i in range(n)) / n for j in range(d)]
-        cov = [[sum((z[i, a] - means[a]) * (z[i, b] - means[b]) for i in range(n)) / (n - 1) for b in range(d)]
-               for a in range(d)]
+        cov = [
+            [sum((z[i, a] - means[a]) * (z[i, b] - means[b]) for i in range(n)) / (n - 1) for b in range(d)]
+            for a in range(d)
+        ]
         hinge = sum(max(0.0, 1.0 - math.sqrt(cov[j][j] + 1e-4)) for j in range(d)) / d
         off_diagonal = sum(cov[a][b] ** 2 for a in range(d) for b in range(d) if a != b) / d
         return hinge, off_diagonal

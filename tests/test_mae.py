@@ -166,8 +166,10 @@ def test_mae_encodes_only_visible_patches_and_decodes_all():
     assert (out["mask"].sum(1) == 49 - 12).all()
     masked, reconstruction = mae.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
     assert masked.shape == reconstruction.shape == images.shape
-    visible = unpatchify(1 - random_masking(4, 49, 0.5, generator=torch.Generator().manual_seed(0))[2]
-                         .unsqueeze(-1).expand(-1, -1, 16), 4).bool()
+    visible = unpatchify(
+        1 - random_masking(4, 49, 0.5, generator=torch.Generator().manual_seed(0))[2].unsqueeze(-1).expand(-1, -1, 16),
+        4,
+    ).bool()
     assert torch.equal(reconstruction[visible], images[visible])  # visible patches are pasted back as they are
     assert 0 <= reconstruction.min() and reconstruction.max() <= 1
     with pytest.raises(ValueError, match="ViT encoder"):

@@ -18,8 +18,10 @@ from sslkit.weights import save_manifest
 
 def _results(ours, scratch, labels=600):
     def entry(accuracies, start):  # learning curves: validation accuracy at steps 100 and 200 of each seed
-        curves = [[{"step": 100, "validation_accuracy": start}, {"step": 200, "validation_accuracy": accuracy}]
-                  for accuracy in accuracies]
+        curves = [
+            [{"step": 100, "validation_accuracy": start}, {"step": 200, "validation_accuracy": accuracy}]
+            for accuracy in accuracies
+        ]
         return {"fractions": {"0.01": {"labels": labels, "test_accuracy": accuracies, "curves": curves}}}
 
     return {"vae": entry(ours, 0.7), "random": entry(scratch, 0.6)}
@@ -42,8 +44,12 @@ def test_gain_over_scratch_matches_welchs_t_test_by_hand(capsys):
     t = comparison["gain"] / math.sqrt(a + b)
     df = (a + b) ** 2 / (a**2 / 2 + b**2 / 2)
     x = torch.linspace(t, 2000, 2_000_001, dtype=torch.float64)
-    log_density = (math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-                   - (df + 1) / 2 * torch.log1p(x**2 / df))
+    log_density = (
+        math.lgamma((df + 1) / 2)
+        - math.lgamma(df / 2)
+        - 0.5 * math.log(df * math.pi)
+        - (df + 1) / 2 * torch.log1p(x**2 / df)
+    )
     p_value = 2 * torch.trapezoid(log_density.exp(), x).item()
     out = capsys.readouterr().out
     assert comparison["p_value"] == pytest.approx(p_value, abs=1e-4)
@@ -93,11 +99,14 @@ def test_frozen_against_fine_tuned_fits_the_probe_on_each_fine_tuning_subset(cap
     train_features = centers[train_labels] + 2 * torch.randn(2000, 8, generator=generator)
     test_features = centers[test_labels] + 2 * torch.randn(500, 8, generator=generator)
     evaluation = FrozenEvaluation(train_features, test_features, None, None, None, 0.9, 0.8)
-    fine_tune = {name: {"fractions": {"0.1": {"mean": mean, "std": 0.01}}}
-                 for name, mean in (("vae", 0.8), ("random", 0.7))}
+    fine_tune = {
+        name: {"fractions": {"0.1": {"mean": mean, "std": 0.01}}} for name, mean in (("vae", 0.8), ("random", 0.7))
+    }
     frozen = print_frozen_against_fine_tuned(evaluation, train_labels, test_labels, fine_tune, "vae", "VAE")
-    expected = [low_label_linear_probe(train_features, train_labels, test_features, test_labels, 0.1, seed)[
-        "test_accuracy"] for seed in (0, 1, 2)]
+    expected = [
+        low_label_linear_probe(train_features, train_labels, test_features, test_labels, 0.1, seed)["test_accuracy"]
+        for seed in (0, 1, 2)
+    ]
     assert frozen["0.1"].tolist() == pytest.approx(expected)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == " labels  VAE, frozen + linear probe  VAE, fine-tuned  from scratch"
@@ -110,8 +119,10 @@ def test_label_efficiency_shows_the_few_label_fractions_unless_asked_for_others(
     def entry(means):
         return {"results": {"fine_tune": {"fractions": {f: {"mean": m, "std": 0.01} for f, m in means.items()}}}}
 
-    save_manifest({"methods": {"vae": entry({"0.01": 0.8, "0.1": 0.85, "1": 0.9}),
-                               "random": entry({"0.01": 0.7, "0.1": 0.8})}}, tmp_path)
+    save_manifest(
+        {"methods": {"vae": entry({"0.01": 0.8, "0.1": 0.85, "1": 0.9}), "random": entry({"0.01": 0.7, "0.1": 0.8})}},
+        tmp_path,
+    )
     monkeypatch.setenv("SSLKIT_WEIGHTS", str(tmp_path))
     few = print_label_efficiency(["vae", "random"])
     assert FEW_LABELS == ("0.01", "0.1") and all(list(r["fractions"]) == ["0.01", "0.1"] for r in few.values())

@@ -89,8 +89,9 @@ def test_mae_meets_its_bar_with_the_common_budget_and_beats_the_random_vit():
     assert entry["config"]["encoder"] == MANIFEST["random_vit"]["config"]["encoder"]  # the same ViT
 
 
-@pytest.mark.parametrize("name", ["autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae", "random",
-                                  "random_vit"])
+@pytest.mark.parametrize(
+    "name", ["autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae", "random", "random_vit"]
+)
 def test_fine_tuning_results_are_complete_and_consistent(name):
     fine_tune = MANIFEST[name]["results"]["fine_tune"]
     assert "limit" not in fine_tune, "fine-tuning results must use the full splits"
@@ -130,9 +131,10 @@ def test_shipped_mae_decoder_predicts_the_pattern_inside_hidden_patches(test_dat
     assert loss < 0.7 * flat
 
 
-@pytest.mark.parametrize(("name", "param", "shipped_value"),
-                         [("vae", "beta", 1), ("autoencoder", "noise_std", 0.2), ("mae", "lr", 5e-4),
-                          ("vicreg", "lr", 3e-3)])
+@pytest.mark.parametrize(
+    ("name", "param", "shipped_value"),
+    [("vae", "beta", 1), ("autoencoder", "noise_std", 0.2), ("mae", "lr", 5e-4), ("vicreg", "lr", 3e-3)],
+)
 def test_the_notebooks_sweeps_are_real_runs(name, param, shipped_value):
     sweep = MANIFEST[name]["results"]["sweeps"][param]
     assert "smoke" not in sweep, "a sweep shown in a notebook must use the full training split"
@@ -160,12 +162,17 @@ def test_the_collapse_runs_show_collapse():
     covariance term they keep their spread but use fewer directions."""
     sweeps = MANIFEST["vicreg"]["results"]["sweeps"]
     assert sweeps["std_coeff"]["epochs"] == sweeps["cov_coeff"]["epochs"]
-    runs = {(param, run["value"]): run["diagnostics"] for param in ("std_coeff", "cov_coeff")
-            for run in sweeps[param]["runs"]}
+    runs = {
+        (param, run["value"]): run["diagnostics"]
+        for param in ("std_coeff", "cov_coeff")
+        for run in sweeps[param]["runs"]
+    }
     assert {("std_coeff", 0), ("std_coeff", 25.0), ("cov_coeff", 0)} <= set(runs)
     full, no_variance, no_covariance = runs["std_coeff", 25.0], runs["std_coeff", 0], runs["cov_coeff", 0]
-    mean_std = {name: sum(d["embedding_std"]) / len(d["embedding_std"])
-                for name, d in (("full", full), ("no variance", no_variance), ("no covariance", no_covariance))}
+    mean_std = {
+        name: sum(d["embedding_std"]) / len(d["embedding_std"])
+        for name, d in (("full", full), ("no variance", no_variance), ("no covariance", no_covariance))
+    }
     assert mean_std["no variance"] < 0.1 * mean_std["full"]
     assert mean_std["no covariance"] > 0.5 * mean_std["full"]
     assert no_covariance["embedding_effective_rank"] < full["embedding_effective_rank"]

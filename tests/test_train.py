@@ -20,8 +20,11 @@ def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(small_batch, name):
     images, labels = small_batch
     method = fresh(name).train()
     # Each method's own optimizer family (AdamW for the reconstruction losses in nats per image).
-    optimizer = (torch.optim.AdamW(method.parameters(), lr=1e-3) if method.recipe["optimizer"] == "adamw"
-                 else torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9))
+    optimizer = (
+        torch.optim.AdamW(method.parameters(), lr=1e-3)
+        if method.recipe["optimizer"] == "adamw"
+        else torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
+    )
 
     def loss_on_fixed_views():
         return method.training_step(images, labels, torch.Generator().manual_seed(0))["loss"]
@@ -78,8 +81,15 @@ def test_resume_ends_bitwise_where_an_uninterrupted_run_ends(train_data, tmp_pat
 
 def test_resume_refuses_a_checkpoint_of_another_run(train_data, tmp_path):
     images, _ = train_data
-    train(fresh(), images[:64], None, TrainConfig(epochs=1, steps_per_epoch=1, **SMOKE), "cpu",
-          tmp_path / "c.ckpt", progress=False)
+    train(
+        fresh(),
+        images[:64],
+        None,
+        TrainConfig(epochs=1, steps_per_epoch=1, **SMOKE),
+        "cpu",
+        tmp_path / "c.ckpt",
+        progress=False,
+    )
     other = TrainConfig(epochs=1, steps_per_epoch=1, **{**SMOKE, "lr": 0.01})
     with pytest.raises(ValueError, match="different run"):
         train(fresh(), images[:64], None, other, "cpu", tmp_path / "c.ckpt", progress=False)

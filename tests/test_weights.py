@@ -65,8 +65,12 @@ def test_missing_weights_file(shipped):
 def test_state_dict_of_another_architecture_is_reported(shipped):
     folder, _, _ = shipped
     small = build_encoder({"widths": [16, 32, 64], "in_channels": 1})
-    publish("simclr", {f"encoder.{k}": v for k, v in small.state_dict().items()},
-            {"config": {"encoder": {"widths": [32, 64, 128], "in_channels": 1}}, "results": {}}, directory=folder)
+    publish(
+        "simclr",
+        {f"encoder.{k}": v for k, v in small.state_dict().items()},
+        {"config": {"encoder": {"widths": [32, 64, 128], "in_channels": 1}}, "results": {}},
+        directory=folder,
+    )
     with pytest.raises(WeightsError, match="does not fit ResNetEncoder"):
         load_pretrained("simclr", directory=folder)
 
