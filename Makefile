@@ -62,7 +62,7 @@ data:
 
 # Re-execute the notebooks in skip mode and save their outputs (commit them after this).
 notebooks: setup data
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+	SSLKIT_SAVE_FIGURES=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
 
 lint: setup
 	$(BIN)/python -m pip install --quiet ruff

@@ -3,10 +3,12 @@
 ``load_pretrained(name)`` returns the frozen encoder of any method in ``METHODS`` or baseline in
 ``BASELINES``, verified against ``weights/manifest.json``; ``load_pretrained(name, dataset="cifar10")``
 the one you trained on another dataset (``python -m sslkit pretrain NAME --dataset cifar10``).
+The layout of the package, layer by layer, is in ``docs/design.md``.
 """
 
 __version__ = "0.1.0"
 
-from .weights import BASELINES, METHODS, load_pretrained  # noqa: E402
+from .methods import BASELINES, METHODS  # noqa: E402
+from .weights import load_pretrained  # noqa: E402
 
 __all__ = ["BASELINES", "METHODS", "load_pretrained", "__version__"]

@@ -72,10 +72,10 @@ def with_colour(config: AugmentConfig) -> AugmentConfig:
     return replace(config, **SIMCLR_COLOUR) if config.jitter_prob > 0 else config
 
 
-def simclr_views(images: torch.Tensor) -> AugmentConfig:
-    """SimCLR's augmentation for these images (uint8 or float, ``[N, H, W]`` or ``[N, C, H, W]``):
-    ``SIMCLR_AUGMENT``, with its colour jitter and grayscale when they are RGB."""
-    return with_colour(SIMCLR_AUGMENT) if images.ndim == 4 and images.shape[1] == 3 else SIMCLR_AUGMENT
+def simclr_augment_config(channels: int) -> AugmentConfig:
+    """The config of SimCLR's views for images of ``channels`` channels: ``SIMCLR_AUGMENT``, with its
+    colour jitter and grayscale for RGB (3 channels)."""
+    return with_colour(SIMCLR_AUGMENT) if channels == 3 else SIMCLR_AUGMENT
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor, generator) -> torch.Tensor:

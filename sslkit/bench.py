@@ -14,7 +14,6 @@ peak memory) of each trainable method with its shipped recipe.
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 import time
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .augment import AugmentConfig, augment, simclr_views
-from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, dataset_info, load_dataset, to_float
-from .methods import METHOD_CLASSES, build_method
-from .train import TrainConfig, describe_device, resolve_device, train
+from .augment import AugmentConfig, augment, simclr_augment_config
+from .data import DEFAULT_DATASET, dataset_info, load_dataset, to_float
+from .methods import build_method, method_class
+from .train import TrainConfig, train
 
 
 def _synchronize(device: torch.device) -> None:
@@ -101,7 +100,7 @@ def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: i
     """Images per second of each pipeline; the data start as uint8 on the CPU for the DataLoader path.
 
     The augmentation is SimCLR's, with its colour jitter and grayscale for colour images."""
-    config, size = simclr_views(images), images.shape[-1]
+    config, size = simclr_augment_config(1 if images.ndim == 3 else images.shape[1]), images.shape[-1]
     on_device = images.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -195,9 +194,8 @@ def train_throughput(
     else:
         images, labels = load_dataset(dataset, "train")
     images, labels = images.to(device), labels.to(device)
-    torch.manual_seed(0)
-    method = build_method(name, dataset)
-    config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, **METHOD_CLASSES[name].recipe)
+    method = build_method(name, dataset, seed=0)
+    config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, **method_class(name).recipe)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with PeakResidentMemory() as resident:
@@ -237,126 +235,3 @@ def bench_training(
                 train_throughput, name, str(device), batch_size, steps, compile_model, dataset
             ).result()
     return results
-
-
-def add_bench_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="measure augmentation and training throughput on this device",
-        description=(
-            "Measure, in one run on one device: images/s of sslkit's batched augmentation, of the same "
-            "pipeline in kornia.augmentation and of torchvision.transforms.v2 in a DataLoader, with the "
-            "speed-ups; then training images/s (and peak CUDA memory) of each trainable method."
-        ),
-    )
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    parser.add_argument(
-        "--batches",
-        type=int,
-        default=100,
-        help="timed augmentation batches per pipeline (default 100; fewer gives noisy ratios)",
-    )
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per method (default 10)")
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=sorted(METHOD_CLASSES),
-        choices=sorted(METHOD_CLASSES),
-        help="methods whose training step is timed (default: all trainable)",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="time the training step through torch.compile (the first, untimed epoch compiles)",
-    )
-    parser.add_argument(
-        "--record",
-        action="store_true",
-        help="store each method's training cost under results.cost in the manifest (the README's "
-        "cost columns); only shipped methods are recorded",
-    )
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help="folder with manifest.json for --record (default: $SSLKIT_WEIGHTS or weights/)",
-    )
-    parser.add_argument(
-        "--dataset",
-        default=DEFAULT_DATASET,
-        choices=PRETRAIN_DATASETS,
-        help="the images to augment and train on (default fashion-mnist); with another, --record "
-        "writes to that dataset's weights folder, weights/DATASET/",
-    )
-    parser.set_defaults(handler=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    if args.batch_size < 2 or args.batches < 1 or args.steps < 1:
-        raise ValueError("--batch-size must be at least 2, --batches and --steps at least 1")
-    device = resolve_device(args.device)
-    images, labels = load_dataset(args.dataset, "train")
-    print(
-        f"{dataset_info(args.dataset).title}; device: {describe_device(device)}; torch {torch.__version__}; "
-        f"{torch.get_num_threads()} CPU threads"
-    )
-    print(f"\nSimCLR augmentation, batch {args.batch_size}, {args.batches} batches per pipeline:")
-    augmentation = bench_augmentation(images, device, args.batch_size, args.batches)
-    baseline = augmentation[next(k for k in augmentation if k.startswith("torchvision"))]
-    for name, rate in augmentation.items():
-        print(f"  {name:<48} {rate:>12,.0f} images/s   {rate / baseline:6.1f}x the DataLoader path")
-    if "kornia.augmentation (batched)" in augmentation:
-        ratio = augmentation["sslkit (batched, hand-written)"] / augmentation["kornia.augmentation (batched)"]
-        print(f"  sslkit / kornia: {ratio:.1f}x")
-    print(
-        f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method"
-        + (", torch.compile" if args.compile else "")
-        + ":"
-    )
-    training = bench_training(device, args.batch_size, args.steps, args.methods, args.compile, args.dataset)
-    memory_kind = "peak CUDA memory" if device.type == "cuda" else "peak rise of resident memory"
-    for name, result in training.items():
-        memory = f", {memory_kind} {result['peak_memory_mib']:.0f} MiB"
-        print(
-            f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
-            f"(~{result['seconds_per_epoch']:.0f} s per epoch of {len(images):,} images){memory}"
-        )
-    if args.record:
-        record_costs(training, describe_device(device), args)
-    return 0
-
-
-def record_costs(training: dict, device: str, args: argparse.Namespace) -> None:
-    """Store one bench run's training cost in the manifest entry of every shipped method it timed.
-
-    All methods of one run share the device, the batch size and the command, so the costs in the
-    README are comparable with each other (never with a run on another machine). Costs an earlier
-    run recorded for methods this run did not time are removed, so the table never mixes runs."""
-
-    from .weights import manifest_update
-
-    command = args.command_line
-    with manifest_update(args.weights) as manifest:
-        shipped = manifest.get("methods", {})
-        recorded = [name for name in training if name in shipped]
-        removed = [name for name in shipped if name not in training and "cost" in shipped[name].get("results", {})]
-        for name in removed:
-            del shipped[name]["results"]["cost"]
-        for name in recorded:
-            result = training[name]
-            shipped[name].setdefault("results", {})["cost"] = {
-                "images_per_second": round(result["images_per_second"], 1),
-                "seconds_per_epoch": round(result["seconds_per_epoch"], 1),
-                "peak_memory_mib": round(result["peak_memory_mib"], 1),
-                "device": device,
-                "batch_size": args.batch_size,
-                "steps": args.steps,
-                "command": command,
-            }
-    print(f"\nrecorded results.cost for {', '.join(recorded) or 'no shipped method'}")
-    if removed:
-        print(
-            f"removed the costs of {', '.join(removed)}: an earlier bench run measured them, and one table "
-            "compares one run; time them again with --methods to restore them"
-        )

@@ -46,6 +46,10 @@ class DatasetInfo:
     class_names: tuple[str, ...]
 
     @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image as the encoders see it."""
         return (self.channels, self.image_size, self.image_size)
@@ -219,8 +223,7 @@ DATASETS = {
 DEFAULT_DATASET = "fashion-mnist"
 # The datasets a method can be pretrained on (--dataset); CIFAR-100 is CIFAR-10's transfer task only.
 PRETRAIN_DATASETS = ("fashion-mnist", "mnist", "cifar10")
-CLASS_NAMES = DATASETS[DEFAULT_DATASET].class_names
-NUM_CLASSES = len(CLASS_NAMES)  # 10 for every pretraining dataset
+FASHION_MNIST = DATASETS[DEFAULT_DATASET]  # what the notebooks show: class names, shape, pixel statistics
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -238,7 +241,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def candidate_dirs(dataset: str = DEFAULT_DATASET) -> list[Path]:
-    """The folders searched for a dataset's files, in order (DESIGN.md §2).
+    """The folders searched for a dataset's files, in order.
 
     Each data root (``$SSLKIT_DATA``, ``./data``, the repository's ``data/``) is searched in
     torchvision's own layout (``MNIST/raw``, ``cifar-10-batches-py``, ...). Fashion-MNIST's IDX
@@ -491,7 +494,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_digits_28() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1,797 handwritten digits, the transfer task (DESIGN.md §5), as Fashion-MNIST looks.
+    """scikit-learn's 1,797 handwritten digits, the transfer task of the grey datasets, drawn as
+    Fashion-MNIST is.
 
     The 8×8 images ship with scikit-learn (no download). Their 17 grey levels (0 to 16, ink high)
     are scaled to [0, 1] and upsampled bilinearly to 28×28, then stored as uint8 like Fashion-MNIST:
@@ -509,7 +513,7 @@ def load_digits_28() -> tuple[torch.Tensor, torch.Tensor]:
     return images.squeeze(1).mul(255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(digits.target).long()
 
 
-# The transfer task of CIFAR-10 (DESIGN.md §5 uses the digits for the grey datasets): the first ten
+# The transfer task of CIFAR-10 (the grey datasets use the digits): the first ten
 # fine classes of CIFAR-100, none of which is a CIFAR-10 class.
 CIFAR100_TRANSFER_CLASSES = tuple(range(10))
 

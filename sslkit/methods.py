@@ -1,13 +1,21 @@
-"""One small class per technique: its modules and its training step.
+"""One small class per technique, and the one registry of every method and baseline name.
 
 A method owns the shared encoder plus its own heads, and turns a batch of images (and, for the
 supervised baseline only, labels) into a scalar loss. Everything else (optimizer, schedule,
 checkpoints, progress bar) is the one loop in ``train.py``.
+
+Every constructor argument of a method is kept as an attribute of the same name, so ``config()``
+reads them back and ``from_config(config)`` rebuilds the method: the config stored in a checkpoint
+or in the manifest is exactly what the constructor was given.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +30,10 @@ from .augment import (
     random_rotations,
     with_colour,
 )
-from .data import DEFAULT_DATASET, NUM_CLASSES, dataset_info
+from .data import DEFAULT_DATASET, dataset_info
 from .distributed import global_loss
 from .losses import dcl_loss, elbo_loss, mae_loss, nt_xent_loss, patch_statistics, reconstruction_loss, vicreg_loss
 from .models import (
-    VIT_CONFIG,
     ConvDecoder,
     GaussianHead,
     MAEDecoder,
@@ -50,9 +57,13 @@ class Method(nn.Module):
     loss_spans_global_batch: bool = False
     # Optimisation recipe for the shipped weights (batch size and epochs are the common budget).
     recipe: dict = {}
+    # The views the method trains on unless told otherwise (None: the images as they are);
+    # ``build_method`` adds SimCLR's colour jitter to photometric views of RGB images.
+    default_views: AugmentConfig | None = None
 
-    def __init__(self, encoder_config: dict | None = None):
+    def __init__(self, encoder_config: dict):
         super().__init__()
+        self.encoder_config = dict(encoder_config)
         self.encoder = build_encoder(encoder_config)
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor | None, generator=None) -> dict:
@@ -64,8 +75,16 @@ class Method(nn.Module):
         return self.training_step(images, labels, generator)
 
     def config(self) -> dict:
-        """Everything needed to rebuild the method: stored in checkpoints and the manifest."""
-        return {"encoder": self.encoder.config()}
+        """The constructor's arguments, JSON-ready: stored in checkpoints and the manifest."""
+        arguments = {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
+        return {name: value.to_dict() if isinstance(value, AugmentConfig) else value
+                for name, value in arguments.items()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Method:
+        """The method ``config()`` describes, freshly initialised (load a state dict to get trained weights)."""
+        views = config.get("augment_config")
+        return cls(**{**config, **({"augment_config": AugmentConfig.from_dict(views)} if views else {})})
 
 
 def _augment_or_identity(images: torch.Tensor, config: AugmentConfig | None, generator) -> torch.Tensor:
@@ -84,22 +103,21 @@ class Autoencoder(Method):
 
     name = "autoencoder"
     recipe = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_epochs": 2}
+    default_views = FLIP_AUGMENT
 
     def __init__(
         self,
-        encoder_config: dict | None = None,
+        encoder_config: dict,
         decoder_widths: list[int] | tuple[int, ...] = (64, 32, 16),
         noise_std: float = 0.2,
-        augment_config: AugmentConfig | None = FLIP_AUGMENT,
+        augment_config: AugmentConfig | None = default_views,
     ):
         super().__init__(encoder_config)
         if noise_std < 0:
             raise ValueError(f"noise_std must be non-negative, got {noise_std}")
-        self.noise_std = noise_std
-        self.augment_config = augment_config
-        self.decoder = ConvDecoder(
-            self.encoder.feature_dim, decoder_widths, self.encoder.in_channels, self.encoder.input_size
-        )
+        self.decoder_widths, self.noise_std, self.augment_config = list(decoder_widths), noise_std, augment_config
+        encoder = self.encoder
+        self.decoder = ConvDecoder(encoder.feature_dim, decoder_widths, encoder.in_channels, encoder.image_size)
 
     def corrupt(self, images: torch.Tensor, generator=None) -> torch.Tensor:
         """The encoder's input: the images plus N(0, noise_std²) noise, clipped to [0, 1]."""
@@ -117,14 +135,6 @@ class Autoencoder(Method):
         logits = self.decoder(self.encoder(self.corrupt(target, generator)))
         return {"loss": reconstruction_loss(logits, target)}
 
-    def config(self):
-        return {
-            **super().config(),
-            "decoder_widths": self.decoder.widths,
-            "noise_std": self.noise_std,
-            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
-        }
-
 
 class VAE(Method):
     """A variational autoencoder (Kingma and Welling 2014) on the shared encoder.
@@ -140,7 +150,7 @@ class VAE(Method):
 
     def __init__(
         self,
-        encoder_config: dict | None = None,
+        encoder_config: dict,
         latent_dim: int = 32,
         beta: float = 1.0,
         decoder_widths: list[int] | tuple[int, ...] = (64, 32, 16),
@@ -149,14 +159,11 @@ class VAE(Method):
         super().__init__(encoder_config)
         if beta < 0:
             raise ValueError(f"beta must be non-negative, got {beta}")
-        self.beta = beta
+        self.latent_dim, self.beta, self.decoder_widths = latent_dim, beta, list(decoder_widths)
         self.augment_config = augment_config
-        self.posterior = GaussianHead(self.encoder.feature_dim, latent_dim)
-        self.decoder = ConvDecoder(latent_dim, decoder_widths, self.encoder.in_channels, self.encoder.input_size)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.posterior.latent_dim
+        encoder = self.encoder
+        self.posterior = GaussianHead(encoder.feature_dim, latent_dim)
+        self.decoder = ConvDecoder(latent_dim, decoder_widths, encoder.in_channels, encoder.image_size)
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z | x), each ``[N, latent_dim]``."""
@@ -178,15 +185,6 @@ class VAE(Method):
         z = mean + torch.exp(0.5 * log_variance) * epsilon  # the reparameterisation trick
         return elbo_loss(self.decoder(z), target, mean, log_variance, self.beta)
 
-    def config(self):
-        return {
-            **super().config(),
-            "latent_dim": self.latent_dim,
-            "beta": self.beta,
-            "decoder_widths": self.decoder.widths,
-            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
-        }
-
 
 class Rotation(Method):
     """Rotation prediction (Gidaris et al. 2018): which of 0°, 90°, 180°, 270° was applied?
@@ -201,15 +199,16 @@ class Rotation(Method):
 
     name = "rotation"
     recipe = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 5}
+    default_views = SUPERVISED_AUGMENT
 
     def __init__(
         self,
-        encoder_config: dict | None = None,
+        encoder_config: dict,
         head_hidden_dim: int = 256,
-        augment_config: AugmentConfig | None = SUPERVISED_AUGMENT,
+        augment_config: AugmentConfig | None = default_views,
     ):
         super().__init__(encoder_config)
-        self.augment_config = augment_config
+        self.head_hidden_dim, self.augment_config = head_hidden_dim, augment_config
         self.head = ProjectionHead(self.encoder.feature_dim, head_hidden_dim, 4)
 
     def rotation_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -224,18 +223,12 @@ class Rotation(Method):
             loss = F.cross_entropy(logits.float(), rotation_labels)
         return {"loss": loss, "accuracy": (logits.argmax(1) == rotation_labels).float().mean()}
 
-    def config(self):
-        return {
-            **super().config(),
-            "head_hidden_dim": self.head.net[0].out_features,
-            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
-        }
-
 
 class JointEmbedding(Method):
     """Two augmented views of each image through the encoder and a head; the loss compares them."""
 
     loss_spans_global_batch = True
+    default_views = SIMCLR_AUGMENT
     augment_config: AugmentConfig
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -259,15 +252,15 @@ class SimCLR(JointEmbedding):
 
     def __init__(
         self,
-        encoder_config: dict | None = None,
+        encoder_config: dict,
         temperature: float = 0.3,
         projector_hidden_dim: int = 512,
         projector_out_dim: int = 128,
-        augment_config: AugmentConfig = SIMCLR_AUGMENT,
+        augment_config: AugmentConfig = JointEmbedding.default_views,
     ):
         super().__init__(encoder_config)
-        self.temperature = temperature
-        self.augment_config = augment_config
+        self.temperature, self.augment_config = temperature, augment_config
+        self.projector_hidden_dim, self.projector_out_dim = projector_hidden_dim, projector_out_dim
         self.projector = ProjectionHead(self.encoder.feature_dim, projector_hidden_dim, projector_out_dim)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -277,15 +270,6 @@ class SimCLR(JointEmbedding):
     def training_step(self, images, labels=None, generator=None):
         z1, z2 = self.embed_two_views(images, generator)
         return {"loss": global_loss(self.contrastive_loss, z1, z2, self.temperature)}
-
-    def config(self):
-        return {
-            **super().config(),
-            "temperature": self.temperature,
-            "projector_hidden_dim": self.projector.net[0].out_features,
-            "projector_out_dim": self.projector.net[-1].out_features,
-            "augment": self.augment_config.to_dict(),
-        }
 
 
 class DCL(SimCLR):
@@ -309,26 +293,24 @@ class VICReg(JointEmbedding):
 
     name = "vicreg"
     # AdamW: plain SGD at SimCLR's learning rate diverges within a few steps (the paper uses LARS,
-    # which rescales each layer's update; notebook 06 shows the divergence). The learning rate 3e-3
-    # came from 2-epoch runs of an earlier session whose records were lost; re-run (results.sweeps.lr
-    # in the manifest), the 2-epoch runs score 1e-2 best (86.98% against 86.46% on the validation
-    # split). A 100-epoch run at 1e-2 has not been made, so the shipped weights keep 3e-3.
+    # which rescales each layer's update; notebook 06 shows it). The runs behind the learning rate
+    # are in the manifest (results.sweeps.lr of vicreg).
     recipe = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "warmup_epochs": 5}
 
     def __init__(
         self,
-        encoder_config: dict | None = None,
+        encoder_config: dict,
         sim_coeff: float = 25.0,
         std_coeff: float = 25.0,
         cov_coeff: float = 1.0,
         expander_dim: int = 1024,
-        augment_config: AugmentConfig = SIMCLR_AUGMENT,
+        augment_config: AugmentConfig = JointEmbedding.default_views,
     ):
         super().__init__(encoder_config)
         if min(sim_coeff, std_coeff, cov_coeff) < 0:
             raise ValueError(f"VICReg coefficients must be non-negative, got {sim_coeff}, {std_coeff}, {cov_coeff}")
         self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
-        self.augment_config = augment_config
+        self.expander_dim, self.augment_config = expander_dim, augment_config
         self.expander = ProjectionHead(self.encoder.feature_dim, expander_dim, expander_dim, hidden_layers=2)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -338,16 +320,6 @@ class VICReg(JointEmbedding):
     def training_step(self, images, labels=None, generator=None):
         z1, z2 = self.embed_two_views(images, generator)
         return global_loss(vicreg_loss, z1, z2, self.sim_coeff, self.std_coeff, self.cov_coeff)
-
-    def config(self):
-        return {
-            **super().config(),
-            "sim_coeff": self.sim_coeff,
-            "std_coeff": self.std_coeff,
-            "cov_coeff": self.cov_coeff,
-            "expander_dim": self.expander.net[-1].out_features,
-            "augment": self.augment_config.to_dict(),
-        }
 
 
 class MAE(Method):
@@ -361,28 +333,28 @@ class MAE(Method):
     """
 
     name = "mae"
-    # AdamW with MAE's weight decay. The learning rate is the best of 5e-4, 1.5e-3 and 4e-3 in 2-epoch
-    # runs scored by the linear probe on the validation split (82.42%, 82.20%, 82.26%: within noise;
-    # results.sweeps.lr in the manifest).
+    # AdamW with MAE's weight decay; the runs behind the learning rate are in the manifest
+    # (results.sweeps.lr of mae).
     recipe = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05, "warmup_epochs": 5}
+    default_views = SUPERVISED_AUGMENT
 
     def __init__(
         self,
-        encoder_config: dict | None = None,
+        encoder_config: dict,
         mask_ratio: float = 0.75,
         normalize_target: bool = True,
         decoder_dim: int = 64,
         decoder_depth: int = 2,
         decoder_heads: int = 4,
-        augment_config: AugmentConfig | None = SUPERVISED_AUGMENT,
+        augment_config: AugmentConfig | None = default_views,
     ):
-        super().__init__(encoder_config or VIT_CONFIG)
+        super().__init__(encoder_config)
         if not isinstance(self.encoder, ViTEncoder):
-            raise ValueError("MAE needs a ViT encoder config ({'architecture': 'vit', ...}, see models.VIT_CONFIG)")
+            raise ValueError("MAE needs a ViT encoder: models.encoder_config(dataset, 'vit')")
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        self.mask_ratio, self.normalize_target = mask_ratio, normalize_target
-        self.augment_config = augment_config
+        self.mask_ratio, self.normalize_target, self.augment_config = mask_ratio, normalize_target, augment_config
+        self.decoder_dim, self.decoder_depth, self.decoder_heads = decoder_dim, decoder_depth, decoder_heads
         encoder = self.encoder
         self.decoder = MAEDecoder(
             encoder.dim,
@@ -430,64 +402,143 @@ class MAE(Method):
         out = self.predict(views, generator=generator)
         return {"loss": mae_loss(out["predictions"], out["patches"], out["mask"], self.normalize_target)}
 
-    def config(self):
-        return {
-            **super().config(),
-            "mask_ratio": self.mask_ratio,
-            "normalize_target": self.normalize_target,
-            "decoder_dim": self.decoder.dim,
-            "decoder_depth": self.decoder.depth,
-            "decoder_heads": self.decoder.heads,
-            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
-        }
-
 
 class Supervised(Method):
-    """The ceiling baseline: the same encoder and a linear classifier trained end to end on labels."""
+    """The ceiling baseline: the same encoder and a linear classifier trained end to end on labels.
+
+    Fine-tuning (``finetune.fine_tune``) trains the same model from a pretrained encoder."""
 
     name = "supervised"
     uses_labels = True
     recipe = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 5}
+    default_views = SUPERVISED_AUGMENT
 
-    def __init__(self, encoder_config: dict | None = None, augment_config: AugmentConfig = SUPERVISED_AUGMENT):
+    def __init__(self, encoder_config: dict, num_classes: int, augment_config: AugmentConfig = default_views):
         super().__init__(encoder_config)
-        self.augment_config = augment_config
-        self.classifier = nn.Linear(self.encoder.feature_dim, NUM_CLASSES)
+        self.num_classes, self.augment_config = num_classes, augment_config
+        self.classifier = nn.Linear(self.encoder.feature_dim, num_classes)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[N, num_classes]``."""
+        return self.classifier(self.encoder(images))
 
     def training_step(self, images, labels=None, generator=None):
         if labels is None:
             raise ValueError("the supervised baseline needs labels")
-        logits = self.classifier(self.encoder(augment(images, self.augment_config, generator)))
+        logits = self.logits(augment(images, self.augment_config, generator))
         loss = F.cross_entropy(logits.float(), labels)
         return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean()}
 
-    def config(self):
-        return {**super().config(), "augment": self.augment_config.to_dict()}
+
+# ----------------------------------------------------------------------------- the registry
 
 
-METHOD_CLASSES: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Autoencoder, VAE, Rotation, SimCLR, DCL, VICReg, MAE, Supervised)
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the package knows about a name: its title, family, encoder and class.
+
+    ``method_class`` is None for the baselines with nothing to train (evaluated as built)."""
+
+    name: str
+    title: str  # the row name of the results table
+    family: str
+    architecture: str  # of the encoder: "resnet", "vit" or "pixels"
+    method_class: type[Method] | None = None
+    self_supervised: bool = True
+
+
+SPECS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("autoencoder", "Autoencoder", "reconstruction", "resnet", Autoencoder),
+        MethodSpec("vae", "VAE", "reconstruction", "resnet", VAE),
+        MethodSpec("rotation", "Rotation prediction", "pretext task", "resnet", Rotation),
+        MethodSpec("simclr", "SimCLR", "contrastive", "resnet", SimCLR),
+        MethodSpec("dcl", "DCL", "contrastive", "resnet", DCL),
+        MethodSpec("vicreg", "VICReg", "non-contrastive", "resnet", VICReg),
+        MethodSpec("mae", "MAE", "masked modelling", "vit", MAE),
+        MethodSpec("supervised", "Supervised (all labels, ceiling)", "baseline", "resnet", Supervised, False),
+        MethodSpec("random", "Random encoder (untrained)", "baseline", "resnet", None, False),
+        MethodSpec("random_vit", "Random ViT (untrained, MAE's encoder)", "baseline", "vit", None, False),
+        MethodSpec("pixels", "Raw pixels", "baseline", "pixels", None, False),
+    )
 }
+METHODS = tuple(name for name, spec in SPECS.items() if spec.self_supervised)
+BASELINES = tuple(name for name, spec in SPECS.items() if not spec.self_supervised)
+TRAINABLE = tuple(name for name, spec in SPECS.items() if spec.method_class is not None)
+UNTRAINED = tuple(name for name, spec in SPECS.items() if spec.method_class is None)
 
 
-def build_method(name: str, dataset: str = DEFAULT_DATASET, **kwargs) -> Method:
-    """Instantiate a trainable method by name (``simclr``, ``supervised``, ...) for ``dataset``.
+def spec(name: str) -> MethodSpec:
+    """The ``MethodSpec`` of ``name``, with a clear error for unknown names."""
+    if name not in SPECS:
+        raise ValueError(
+            f"unknown method {name!r}; methods are {', '.join(METHODS)}; baselines are {', '.join(BASELINES)}"
+        )
+    return SPECS[name]
 
-    Unless ``kwargs`` say otherwise, the encoder takes the dataset's channels, image size and pixel
-    statistics (``models.encoder_config``), and on colour images the photometric views (SimCLR's,
-    shared by DCL and VICReg) add SimCLR's colour jitter and grayscale (``augment.with_colour``).
+
+def method_class(name: str) -> type[Method]:
+    """The class of a trainable method or baseline (``"simclr"`` → ``SimCLR``)."""
+    if spec(name).method_class is None:
+        raise ValueError(f"{name!r} has nothing to train; trainable are: {', '.join(TRAINABLE)}")
+    return SPECS[name].method_class
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Seed the global CPU generator inside the block (modules draw their initial weights from it)
+    and give the caller's generator state back afterwards; ``None`` leaves it alone."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_method(name: str, dataset: str = DEFAULT_DATASET, seed: int | None = None, **overrides) -> Method:
+    """A trainable method by name (``simclr``, ``supervised``, ...) for ``dataset``, initialised with ``seed``.
+
+    Unless ``overrides`` say otherwise, the encoder takes the dataset's channels, image size and pixel
+    statistics (``models.encoder_config``), the supervised head its number of classes, and on colour
+    images the photometric views (SimCLR's, shared by DCL and VICReg) add SimCLR's colour jitter and
+    grayscale (``augment.with_colour``; geometric views are left as they are).
     """
-    if name not in METHOD_CLASSES:
-        raise ValueError(f"unknown method {name!r}; trainable methods are: {', '.join(METHOD_CLASSES)}")
-    cls = METHOD_CLASSES[name]
-    info = dataset_info(dataset)
-    kwargs.setdefault("encoder_config", encoder_config(dataset, "vit" if cls is MAE else "resnet"))
-    default_augment = inspect.signature(cls).parameters.get("augment_config")
-    if (
-        info.channels == 3
-        and default_augment is not None
-        and "augment_config" not in kwargs
-        and default_augment.default is not None
-    ):
-        kwargs["augment_config"] = with_colour(default_augment.default)
-    return cls(**kwargs)
+    cls, info = method_class(name), dataset_info(dataset)
+    overrides.setdefault("encoder_config", encoder_config(info, SPECS[name].architecture))
+    if cls.uses_labels:
+        overrides.setdefault("num_classes", info.num_classes)
+    if info.channels == 3 and cls.default_views is not None:
+        overrides.setdefault("augment_config", with_colour(cls.default_views))
+    with seeded(seed):
+        return cls(**overrides)
+
+
+def build_untrained_encoder(name: str, dataset: str = DEFAULT_DATASET, seed: int | None = None) -> nn.Module:
+    """The encoder of a baseline with nothing to train (``random``, ``random_vit``, ``pixels``) for ``dataset``."""
+    if spec(name).method_class is not None:
+        raise ValueError(f"{name!r} is trained: build it with build_method({name!r})")
+    with seeded(seed):
+        return build_encoder(encoder_config(dataset, SPECS[name].architecture))
+
+
+def method_from_config(name: str, config: dict) -> Method:
+    """``name``'s method rebuilt from a recorded config (a checkpoint's or the manifest's)."""
+    return method_class(name).from_config(config)
+
+
+def initialize_linear(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
+    """PyTorch's default initialisation of a ``Linear`` layer (Kaiming-uniform weights with a = √5, biases
+    uniform in ±1/√fan_in), drawn from ``generator`` instead of the global one."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(layer.in_features)
+    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def method_settings(name: str) -> tuple[str, ...]:
+    """The settings of a method that a run may change (``temperature``, ``beta``, ...): its constructor's
+    arguments but for those ``build_method`` derives from the dataset."""
+    derived = ("encoder_config", "augment_config", "num_classes")
+    return tuple(p for p in inspect.signature(method_class(name)).parameters if p not in derived)

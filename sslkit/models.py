@@ -15,62 +15,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DATASETS, DEFAULT_DATASET, dataset_info
+from .data import DEFAULT_DATASET, DatasetInfo, dataset_info
 
-# Mean and standard deviation of Fashion-MNIST training pixels in [0, 1]: the encoders' normalisation
-# unless their config names other statistics (the configs of other datasets do, see encoder_config).
-FASHION_MNIST_MEAN = DATASETS[DEFAULT_DATASET].mean[0]
-FASHION_MNIST_STD = DATASETS[DEFAULT_DATASET].std[0]
-
-ENCODER_CONFIG = {"widths": [32, 64, 128], "in_channels": 1}
-# MAE's encoder: 7×7 = 49 tokens of 4×4 patches, 4 pre-norm blocks of width 128 (128-d features, like the
-# ResNet's). Sized by measured speed, like the ResNet: on 2 CPU cores its features of the 70,000 images
-# take about 3× the ResNet's time (the skip-mode notebook computes them); MLPs of 2× the width
+# The architecture half of an encoder config; ``encoder_config`` adds the dataset's half (channels,
+# image size, pixel statistics), so a recorded config says everything the network was built from.
+RESNET_CONFIG = {"architecture": "resnet", "widths": [32, 64, 128]}
+# MAE's encoder: 4×4 patches (49 tokens on 28×28 images), 4 pre-norm blocks of width 128 (128-d features,
+# like the ResNet's). Sized by measured speed, like the ResNet: on 2 CPU cores its features of the 70,000
+# images take about 3× the ResNet's time (the skip-mode notebook computes them); MLPs of 2× the width
 # (rather than ViT's 4×) keep it there.
-VIT_CONFIG = {
-    "architecture": "vit",
-    "image_size": 28,
-    "patch_size": 4,
-    "in_channels": 1,
-    "dim": 128,
-    "depth": 4,
-    "heads": 4,
-    "mlp_ratio": 2,
-    "position": "sincos",
-}
+VIT_CONFIG = {"architecture": "vit", "patch_size": 4, "dim": 128, "depth": 4, "heads": 4, "mlp_ratio": 2,
+              "position": "sincos"}
+# The raw-pixel baseline: no network, no normalisation (the linear probe standardises its features).
+PIXELS_CONFIG = {"architecture": "pixels"}
+ARCHITECTURES = {"resnet": RESNET_CONFIG, "vit": VIT_CONFIG, "pixels": PIXELS_CONFIG}
 
 
-def encoder_config(dataset: str = DEFAULT_DATASET, architecture: str = "resnet") -> dict:
-    """The shared encoder's config for ``dataset``: ``ENCODER_CONFIG`` (``"resnet"``) or ``VIT_CONFIG``
-    (``"vit"``) for Fashion-MNIST, and for another dataset the same network with that dataset's
-    channels, image size and pixel statistics (the ResNet's pooling makes its weights size-agnostic;
-    the ViT gets one token per 4×4 patch, 64 for 32×32 images)."""
-    if architecture not in ("resnet", "vit"):
-        raise ValueError(f"architecture must be 'resnet' or 'vit', got {architecture!r}")
-    base = dict(VIT_CONFIG if architecture == "vit" else ENCODER_CONFIG)
-    if dataset == DEFAULT_DATASET:
-        return base
-    info = dataset_info(dataset)
-    return {
-        **base,
-        "in_channels": info.channels,
-        "image_size": info.image_size,
-        "mean": list(info.mean),
-        "std": list(info.std),
-    }
+def encoder_config(dataset: str | DatasetInfo = DEFAULT_DATASET, architecture: str = "resnet") -> dict:
+    """The shared encoder's full config for ``dataset`` (a name or a ``DatasetInfo``): the architecture
+    (``RESNET_CONFIG`` or ``VIT_CONFIG``) with the dataset's channels, image size and per-channel pixel
+    statistics. The ResNet's pooling makes its weights size-agnostic; the ViT gets one token per 4×4
+    patch (64 for 32×32 images)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    info = dataset if isinstance(dataset, DatasetInfo) else dataset_info(dataset)
+    shape = {"in_channels": info.channels, "image_size": info.image_size}
+    if architecture == "pixels":
+        return {**PIXELS_CONFIG, **shape}
+    return {**ARCHITECTURES[architecture], **shape, "mean": list(info.mean), "std": list(info.std)}
 
 
-def normalization(
-    mean: list[float] | None, std: list[float] | None, channels: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(mean, std)`` shaped ``[1, C, 1, 1]``: the given statistics, or Fashion-MNIST's."""
-    mean = [FASHION_MNIST_MEAN] * channels if mean is None else list(mean)
-    std = [FASHION_MNIST_STD] * channels if std is None else list(std)
+def normalization(mean: list[float], std: list[float], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel pixel ``(mean, std)`` shaped ``[1, C, 1, 1]``, checked to have one value per channel."""
     if len(mean) != channels or len(std) != channels:
         raise ValueError(
             f"the normalisation needs one mean and one std per input channel ({channels}), got {mean} and {std}"
         )
-    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return torch.tensor(list(mean)).view(1, -1, 1, 1), torch.tensor(list(std)).view(1, -1, 1, 1)
 
 
 class BasicBlock(nn.Module):
@@ -95,28 +76,28 @@ class BasicBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """A small ResNet: ``[N, C, H, W]`` in ``[0, 1]`` → features ``[N, D]`` (28×28 grey by default).
+    """A small ResNet: ``[N, C, S, S]`` in ``[0, 1]`` → features ``[N, D]``.
 
     A stride-2 stem (28 → 14), then one basic block per stage with widths 32-64-128 (14 → 7 → 4),
     then global average pooling: D = 128, about 0.3M parameters. The stride-2 stem halves the
-    cost of a full-resolution one (DESIGN.md §4: about a minute per SimCLR epoch on 2 CPU cores).
-    Inputs are normalised inside, with ``mean`` and ``std`` per channel (Fashion-MNIST's when None),
-    so callers pass plain ``[0, 1]`` pixels. ``image_size``, when given, is checked on every input
-    and tells the decoders what to draw (32 for CIFAR: 32 → 16 → 8 → 4).
+    cost of a full-resolution one (about a minute per SimCLR epoch of Fashion-MNIST on 2 CPU cores).
+    Inputs are normalised inside, with the dataset's ``mean`` and ``std`` per channel, so callers pass
+    plain ``[0, 1]`` pixels. ``image_size`` is checked on every input and tells the decoders what to
+    draw (32 for CIFAR: 32 → 16 → 8 → 4). ``encoder_config`` gives the arguments for a dataset.
     """
 
     def __init__(
         self,
-        widths: list[int] | tuple[int, ...] = (32, 64, 128),
-        in_channels: int = 1,
-        image_size: int | None = None,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
+        widths: list[int] | tuple[int, ...],
+        in_channels: int,
+        image_size: int,
+        mean: list[float],
+        std: list[float],
     ):
         super().__init__()
         self.widths = list(widths)
         self.in_channels, self.image_size = in_channels, image_size
-        self.statistics = {"mean": mean, "std": std}
+        self.statistics = {"mean": list(mean), "std": list(std)}
         mean_tensor, std_tensor = normalization(mean, std, in_channels)
         # Not in the state dict: the statistics are part of the config, and the shipped files stay as they are.
         self.register_buffer("pixel_mean", mean_tensor, persistent=False)
@@ -132,31 +113,18 @@ class ResNetEncoder(nn.Module):
         self.feature_dim = widths[-1]
 
     def config(self) -> dict:
-        extra = {"image_size": self.image_size, **self.statistics}
-        return {
-            "widths": self.widths,
-            "in_channels": self.in_channels,
-            **{key: value for key, value in extra.items() if value is not None},
-        }
+        return {"architecture": "resnet", "widths": self.widths, "in_channels": self.in_channels,
+                "image_size": self.image_size, **self.statistics}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = "H, W" if self.image_size is None else f"{self.image_size}, {self.image_size}"
-        if (
-            x.ndim != 4
-            or x.shape[1] != self.in_channels
-            or (self.image_size is not None and tuple(x.shape[2:]) != (self.image_size, self.image_size))
-        ):
+        if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (self.image_size, self.image_size):
             raise ValueError(
-                f"ResNetEncoder expects images [N, {self.in_channels}, {size}] in [0, 1], got {tuple(x.shape)}"
+                f"ResNetEncoder expects images [N, {self.in_channels}, {self.image_size}, {self.image_size}] "
+                f"in [0, 1], got {tuple(x.shape)}"
             )
         x = (x - self.pixel_mean) / self.pixel_std
         x = self.stages(self.stem(x))
         return x.mean(dim=(2, 3))
-
-    @property
-    def input_size(self) -> int:
-        """The side of the images it takes, which decoders redraw (28 unless the config names another)."""
-        return self.image_size or 28
 
 
 class ProjectionHead(nn.Module):
@@ -235,11 +203,15 @@ class GaussianHead(nn.Module):
 
 
 class PixelFeatures(nn.Module):
-    """The raw-pixel baseline as a 'encoder': ``[N, C, S, S]`` → ``[N, C·S·S]`` (784 for Fashion-MNIST)."""
+    """The raw-pixel baseline as an 'encoder': ``[N, C, S, S]`` → ``[N, C·S·S]`` (784 for Fashion-MNIST)."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28):
+    def __init__(self, in_channels: int, image_size: int):
         super().__init__()
+        self.in_channels, self.image_size = in_channels, image_size
         self.feature_dim = in_channels * image_size * image_size
+
+    def config(self) -> dict:
+        return {"architecture": "pixels", "in_channels": self.in_channels, "image_size": self.image_size}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x[0].numel() != self.feature_dim:
@@ -373,30 +345,26 @@ class ViTEncoder(nn.Module):
 
     def __init__(
         self,
-        image_size: int = 28,
+        image_size: int,
+        in_channels: int,
+        mean: list[float],
+        std: list[float],
         patch_size: int = 4,
-        in_channels: int = 1,
         dim: int = 128,
         depth: int = 4,
         heads: int = 4,
         mlp_ratio: int = 2,
         position: str = "sincos",
-        architecture: str = "vit",
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
     ):
         super().__init__()
-        if architecture != "vit" or position not in ("sincos", "learned"):
-            raise ValueError(
-                f"ViTEncoder: architecture must be 'vit' and position 'sincos' or 'learned', "
-                f"got {architecture!r} and {position!r}"
-            )
+        if position not in ("sincos", "learned"):
+            raise ValueError(f"ViTEncoder: position must be 'sincos' or 'learned', got {position!r}")
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
         self.dim, self.depth, self.heads, self.mlp_ratio, self.position = dim, depth, heads, mlp_ratio, position
         self.num_patches = (image_size // patch_size) ** 2
-        self.statistics = {"mean": mean, "std": std}  # of the pixels, per channel; None: Fashion-MNIST's
+        self.statistics = {"mean": list(mean), "std": list(std)}  # of the dataset's pixels, per channel
         mean_tensor, std_tensor = normalization(mean, std, in_channels)
         self.register_buffer("pixel_mean", mean_tensor, persistent=False)
         self.register_buffer("pixel_std", std_tensor, persistent=False)
@@ -425,7 +393,7 @@ class ViTEncoder(nn.Module):
             "heads": self.heads,
             "mlp_ratio": self.mlp_ratio,
             "position": self.position,
-            **{key: value for key, value in self.statistics.items() if value is not None},
+            **self.statistics,
         }
 
     def tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -486,13 +454,15 @@ class MAEDecoder(nn.Module):
         return self.predict(self.norm(self.blocks(x + self.position_embedding)))
 
 
-def build_encoder(config: dict | None = None) -> ResNetEncoder | ViTEncoder:
-    """An encoder from its config: the shared ResNet (``ENCODER_CONFIG`` when None) or, for a config
-    with ``"architecture": "vit"``, the ViT (``VIT_CONFIG``)."""
-    config = config or ENCODER_CONFIG
-    if config.get("architecture") == "vit":
-        return ViTEncoder(**config)
-    return ResNetEncoder(**config)
+def build_encoder(config: dict) -> ResNetEncoder | ViTEncoder | PixelFeatures:
+    """An encoder from its full config (``encoder_config``): ``"architecture"`` says which network."""
+    config = dict(config)
+    architecture = config.pop("architecture", None)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"an encoder config names its architecture ({', '.join(ARCHITECTURES)}), got {architecture!r}"
+                         "; build one with models.encoder_config(dataset, architecture)")
+    network = {"resnet": ResNetEncoder, "vit": ViTEncoder, "pixels": PixelFeatures}[architecture]
+    return network(**config)
 
 
 def count_parameters(module: nn.Module) -> int:

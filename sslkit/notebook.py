@@ -12,22 +12,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .data import CLASS_NAMES
-from .evaluate import (
-    FINE_TUNE_FRACTIONS,
-    FINE_TUNE_SEEDS,
-    LinearProbe,
-    accuracy,
-    confusion_matrix,
-    extract_features,
-    knn_predict,
-    low_label_linear_probe,
-    macro_f1,
-    per_class_accuracy,
-    select_and_fit_linear_probe,
-)
+from .data import DEFAULT_DATASET, dataset_info
+from .devices import describe_device, resolve_device
+from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, low_label_linear_probe
 from .plots import plot_confusion_matrix, plot_per_class_accuracy
-from .train import describe_device, resolve_device
+from .protocol import FrozenEvaluation, confusion_matrix, evaluate_frozen_features, extract_features, per_class_accuracy
 from .weights import load_probe, manifest_entry
 
 FEW_LABELS = tuple(f"{fraction:g}" for fraction in FINE_TUNE_FRACTIONS)  # the manifest's keys: "0.01", "0.1"
@@ -57,16 +46,10 @@ def setup(seed: int = 0, pretrain_default: bool = False) -> tuple[torch.device, 
 
 
 @dataclass
-class FrozenEvaluation:
-    """What ``evaluate_frozen`` measured, for the figures that follow it in a notebook."""
+class FrozenEvaluationReport(FrozenEvaluation):
+    """``protocol.FrozenEvaluation`` with the class names, and the views of it a notebook shows."""
 
-    train_features: torch.Tensor
-    test_features: torch.Tensor
-    probe: LinearProbe
-    predictions: torch.Tensor  # the linear probe's, on the test set
-    knn_predictions: torch.Tensor
-    probe_accuracy: float
-    knn_accuracy: float
+    class_names: tuple[str, ...] = ()
 
     def per_class(self, labels: torch.Tensor, title: str) -> dict[str, torch.Tensor]:
         """Per-class test accuracy of the linear probe and of kNN: printed, drawn, and returned."""
@@ -74,9 +57,10 @@ class FrozenEvaluation:
             "linear probe": per_class_accuracy(self.predictions, labels),
             "kNN": per_class_accuracy(self.knn_predictions, labels),
         }
-        for name, probe_value, knn_value in zip(CLASS_NAMES, per_class["linear probe"], per_class["kNN"], strict=True):
+        rows = zip(self.class_names, per_class["linear probe"], per_class["kNN"], strict=True)
+        for name, probe_value, knn_value in rows:
             print(f"  {name:<12} probe {100 * probe_value:5.1f}%   kNN {100 * knn_value:5.1f}%")
-        plot_per_class_accuracy(per_class, title=title)
+        plot_per_class_accuracy(per_class, self.class_names, title=title)
         return per_class
 
     def confusions(self, labels: torch.Tensor, title: str, top: int = 3) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -86,13 +70,14 @@ class FrozenEvaluation:
             ``(matrix, pairs)``: the matrix (rows: true class, columns: predicted) and the
             ``(true, predicted)`` class pairs of the largest off-diagonal counts, largest first.
         """
-        matrix = confusion_matrix(self.predictions, labels)
-        plot_confusion_matrix(matrix, title=title)
+        classes = len(self.class_names)
+        matrix = confusion_matrix(self.predictions, labels, classes)
+        plot_confusion_matrix(matrix, self.class_names, title=title)
         off_diagonal = matrix.clone().fill_diagonal_(0)
-        pairs = [divmod(index, len(CLASS_NAMES)) for index in torch.topk(off_diagonal.flatten(), top).indices.tolist()]
+        pairs = [divmod(index, classes) for index in torch.topk(off_diagonal.flatten(), top).indices.tolist()]
         for true, predicted in pairs:
             count = off_diagonal[true, predicted].item()
-            print(f"{CLASS_NAMES[true]} taken for {CLASS_NAMES[predicted]}: {count} test images")
+            print(f"{self.class_names[true]} taken for {self.class_names[predicted]}: {count} test images")
         return matrix, pairs
 
 
@@ -103,7 +88,8 @@ def evaluate_frozen(
     test_data: tuple[torch.Tensor, torch.Tensor],
     pretrain: bool,
     device: str | torch.device = "cpu",
-) -> FrozenEvaluation:
+    dataset: str = DEFAULT_DATASET,
+) -> FrozenEvaluationReport:
     """The frozen-feature protocol as every technique notebook runs it, with its checks.
 
     Features of the training and test images; the linear probe (the shipped one in skip mode, a
@@ -112,23 +98,15 @@ def evaluate_frozen(
     """
     train_features = extract_features(encoder, train_data[0], device=device)
     test_features = extract_features(encoder, test_data[0], device=device)
-    probe = select_and_fit_linear_probe(train_features, train_data[1])[0] if pretrain else load_probe(name)
-    predictions = probe.predict(test_features)
-    knn_predictions = knn_predict(train_features, train_data[1], test_features)
-    evaluation = FrozenEvaluation(
-        train_features,
-        test_features,
-        probe,
-        predictions,
-        knn_predictions,
-        accuracy(predictions, test_data[1]),
-        accuracy(knn_predictions, test_data[1]),
-    )
-    recorded = manifest_entry(name)["results"]
+    shipped_probe = None if pretrain else load_probe(name, dataset)
+    measured = evaluate_frozen_features(train_features, train_data[1], test_features, test_data[1], shipped_probe)
+    evaluation = FrozenEvaluationReport(**vars(measured), class_names=dataset_info(dataset).class_names)
+    probe = evaluation.probe
+    recorded = manifest_entry(name, dataset)["results"]
     print(
         f"linear probe: test accuracy {100 * evaluation.probe_accuracy:.2f}% "
         f"(manifest {100 * recorded['linear_probe']['test_accuracy']:.2f}%), "
-        f"macro-F1 {macro_f1(predictions, test_data[1]):.4f}\n"
+        f"macro-F1 {evaluation.macro_f1:.4f}\n"
         f"    L2 strength {probe.weight_decay:g}, chosen on the validation split"
     )
     print(
@@ -171,7 +149,7 @@ def gain_over_scratch(results: dict[str, dict], name: str, scratch: str = "rando
 
     ``results`` holds the label-efficiency results of ``name`` and of ``scratch``, the same network
     with random weights (``"random"``, or ``"random_vit"`` for MAE) (as returned by
-    ``print_label_efficiency`` or ``evaluate.label_efficiency``). With three seeds a difference of
+    ``print_label_efficiency`` or ``finetune.label_efficiency``). With three seeds a difference of
     means says little on its own, so each fraction also gets the standard error of the difference
     and Welch's t-test over the seeds, and the difference of the mean validation accuracies at the
     first and at the last point of the learning curves: a head start that training from scratch
@@ -247,7 +225,7 @@ def print_frozen_against_fine_tuned(
     """The frozen encoder against fine-tuning, with the same labels.
 
     For each fraction and seed of ``fine_tune[name]`` (label-efficiency results), a linear probe
-    on the frozen features of exactly that fine-tuning subset (``evaluate.low_label_linear_probe``,
+    on the frozen features of exactly that fine-tuning subset (``finetune.low_label_linear_probe``,
     L2 strength chosen on the validation split); printed beside the fine-tuned encoder and the same
     network from scratch (``fine_tune[scratch]``), and the shipped probe on all labels.
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .data import CLASS_NAMES
+from .data import FASHION_MNIST, DatasetInfo
+
+# Figures label classes with the names a caller passes; by default those of the series' dataset.
+SERIES_CLASSES = FASHION_MNIST.class_names
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 
@@ -56,16 +60,19 @@ def show_images(
     return fig
 
 
-def show_class_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int = 10) -> plt.Figure:
-    """One row per class with its first ``per_class`` images, the class name on the left."""
-    fig, axes = plt.subplots(len(CLASS_NAMES), per_class, figsize=(per_class * 0.9, len(CLASS_NAMES) * 0.95))
-    for c, name in enumerate(CLASS_NAMES):
+def show_class_grid(
+    images: torch.Tensor, labels: torch.Tensor, per_class: int = 10, dataset: DatasetInfo = FASHION_MNIST
+) -> plt.Figure:
+    """One row per class of ``dataset`` with its first ``per_class`` images, the class name on the left."""
+    names = dataset.class_names
+    fig, axes = plt.subplots(len(names), per_class, figsize=(per_class * 0.9, len(names) * 0.95))
+    for c, name in enumerate(names):
         members = torch.nonzero(labels == c).flatten()[:per_class]
         for j, ax in enumerate(axes[c]):
             _draw_image(ax, _as_images(images[members[j : j + 1]])[0])
             if j == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle("Fashion-MNIST: the first training images of each class")
+    fig.suptitle(f"{dataset.title}: the first training images of each class")
     fig.tight_layout()
     return fig
 
@@ -115,7 +122,9 @@ def plot_history(
     return fig
 
 
-def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix (test set)") -> plt.Figure:
+def plot_confusion_matrix(
+    matrix: torch.Tensor, class_names: tuple[str, ...] = SERIES_CLASSES, title: str = "Confusion matrix (test set)"
+) -> plt.Figure:
     """Row-normalised confusion matrix with the counts' percentages written in the cells."""
     counts = matrix.double()
     rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
@@ -133,8 +142,8 @@ def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix (
                     fontsize=7,
                     color="white" if rates[i, j] > 0.5 else "black",
                 )
-    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
-    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
@@ -144,12 +153,14 @@ def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix (
 
 
 def plot_per_class_accuracy(
-    accuracies: dict[str, torch.Tensor | list[float]], title: str = "Per-class accuracy (test set)"
+    accuracies: dict[str, torch.Tensor | list[float]],
+    class_names: tuple[str, ...] = SERIES_CLASSES,
+    title: str = "Per-class accuracy (test set)",
 ) -> plt.Figure:
     """Grouped bars: one group per class, one bar per entry of ``accuracies`` (e.g. probe and kNN)."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(accuracies)
-    positions = np.arange(len(CLASS_NAMES))
+    positions = np.arange(len(class_names))
     for i, (name, values) in enumerate(accuracies.items()):
         ax.bar(
             positions + (i - (len(accuracies) - 1) / 2) * width,
@@ -157,7 +168,7 @@ def plot_per_class_accuracy(
             width,
             label=name,
         )
-    ax.set_xticks(positions, CLASS_NAMES, rotation=30, ha="right")
+    ax.set_xticks(positions, class_names, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title)
@@ -214,13 +225,19 @@ def embed_2d(features: torch.Tensor, method: str = "tsne", seed: int = 0) -> np.
     return TSNE(n_components=2, perplexity=30, init="pca", random_state=seed).fit_transform(x)
 
 
-def plot_embedding(points: np.ndarray, labels: torch.Tensor, title: str, ax: plt.Axes | None = None) -> plt.Figure:
+def plot_embedding(
+    points: np.ndarray,
+    labels: torch.Tensor,
+    title: str,
+    ax: plt.Axes | None = None,
+    class_names: tuple[str, ...] = SERIES_CLASSES,
+) -> plt.Figure:
     """Scatter of 2-D points coloured by class, with a legend of class names."""
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 6))
     colours = plt.get_cmap("tab10")
-    for c, name in enumerate(CLASS_NAMES):
+    for c, name in enumerate(class_names):
         mask = (labels == c).numpy()
         ax.scatter(points[mask, 0], points[mask, 1], s=4, color=colours(c), label=name, alpha=0.8)
     ax.set_title(title)
@@ -238,6 +255,7 @@ def show_retrieval(
     query_labels: torch.Tensor,
     neighbour_labels: torch.Tensor,
     title: str = "Nearest neighbours in feature space",
+    class_names: tuple[str, ...] = SERIES_CLASSES,
 ) -> plt.Figure:
     """One row per query: the query, then its neighbours; a neighbour of another class is framed red."""
     n_queries, k = neighbours.shape[:2]
@@ -251,7 +269,7 @@ def show_retrieval(
                     spine.set_visible(True)
                     spine.set_edgecolor("red")
                     spine.set_linewidth(2)
-        axes[i, 0].set_ylabel(CLASS_NAMES[query_labels[i]], rotation=0, ha="right", va="center", fontsize=8)
+        axes[i, 0].set_ylabel(class_names[query_labels[i]], rotation=0, ha="right", va="center", fontsize=8)
     axes[0, 0].set_title("query", fontsize=9)
     for j in range(1, k + 1):
         axes[0, j].set_title(f"#{j}", fontsize=9)
@@ -261,10 +279,14 @@ def show_retrieval(
 
 
 def save_figure(fig: plt.Figure, name: str) -> None:
-    """Save ``fig`` as ``images/<name>.png`` in the repository, where the README shows it."""
+    """Save ``fig`` as ``images/<name>.png`` in the repository, where the README shows it, when that file
+    does not exist yet or ``$SSLKIT_SAVE_FIGURES`` is 1 (``make notebooks`` sets it). Running a notebook (a reader, or the tests) never rewrites the committed figures otherwise."""
     if not IMAGES_DIR.is_dir():
         raise FileNotFoundError(f"{IMAGES_DIR} does not exist: save_figure writes into a checkout of the repository")
-    fig.savefig(IMAGES_DIR / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
+    path = IMAGES_DIR / f"{name}.png"
+    if path.exists() and os.environ.get("SSLKIT_SAVE_FIGURES") != "1":
+        return
+    fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
 
 
 def plot_label_efficiency(results: dict[str, dict], title: str = "Fine-tuning with few labels") -> plt.Figure:

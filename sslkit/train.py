@@ -2,9 +2,15 @@
 
 Data stay on the device as a uint8 tensor; each step indexes a batch, converts it to floats and
 hands it to ``method.training_step``. Around that: SGD with momentum or AdamW, a per-step cosine
-schedule with linear warm-up, mixed precision on CUDA, a tqdm progress bar, a per-epoch history,
-atomic checkpoints with every RNG state (so a resumed CPU run ends bitwise where an uninterrupted
-one would), and a hard stop on a non-finite loss.
+schedule with linear warm-up, mixed precision where the device computes it natively, a tqdm
+progress bar, a per-epoch history, and a hard stop on a non-finite loss.
+
+``TrainState`` is everything that changes during a run (weights, optimiser, schedule, gradient
+scaler, every random generator, the history). It is saved atomically after every epoch with the
+*identity* of the run (method and its config, training config, dataset, the number and sha256 of
+the training images, processes), and a run resumes from it only when its identity is the same:
+a resumed CPU run ends bitwise where an uninterrupted one would, and a checkpoint of another run
+is refused with an error naming what differs.
 
 Under torchrun the same loop runs in every process (``distributed.py``): the method is wrapped in
 DistributedDataParallel, each process takes its share of every global batch, and only rank 0 shows
@@ -15,10 +21,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,11 +30,17 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data import to_float
+from .devices import mixed_precision_dtype, resolve_device
+from .files import save_torch_atomically, sha256_tensor, write_text_atomically
 from .methods import Method
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by a run that differs from the one asked for."""
 
 
 @dataclass
@@ -50,9 +60,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        for field in ("epochs", "batch_size"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("lr must be positive, weight_decay and warmup_epochs non-negative")
 
@@ -60,46 +70,30 @@ class TrainConfig:
         return asdict(self)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return device
+@dataclass(frozen=True)
+class StepPlan:
+    """How many steps a run takes and how each global batch is shared between processes."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    local_batch: int  # this process's share of every global batch
 
 
-def mixed_precision_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """The autocast dtype for ``device``, or None where mixed precision would not pay off.
-
-    On CUDA: bf16 where supported, else fp16 (with a gradient scaler). On CPU: bf16 only where
-    the processor computes it natively (oneDNN reports AVX512-BF16 or AMX); elsewhere it would be
-    emulated and slower than float32. Losses stay in float32 either way (see ``losses.py``).
-    """
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def describe_device(device: torch.device) -> str:
-    """E.g. ``cuda (NVIDIA H100 80GB HBM3), bf16 autocast`` or ``cpu (AMD EPYC ...), float32``."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    dtype = mixed_precision_dtype(device)
-    return f"{device.type} ({name}), " + (f"{str(dtype).removeprefix('torch.')} autocast" if dtype else "float32")
+def plan_steps(images: int, config: TrainConfig, processes: int = 1) -> StepPlan:
+    if images < config.batch_size:
+        raise ValueError(f"{images} images are fewer than one batch of {config.batch_size}")
+    if config.batch_size % processes:
+        raise ValueError(
+            f"the batch of {config.batch_size} does not split evenly over {processes} processes; "
+            f"choose a batch size divisible by {processes}"
+        )
+    steps_per_epoch = images // config.batch_size
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps)
+    return StepPlan(steps_per_epoch, total_steps, warmup_steps, config.batch_size // processes)
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -124,40 +118,176 @@ def history_path(checkpoint_path: str | Path) -> Path:
     return checkpoint_path.with_name(checkpoint_path.stem + ".history.json")
 
 
-def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _rng_states(data_generator: torch.Generator, augment_generator: torch.Generator) -> dict:
-    states = {
-        "data": data_generator.get_state(),
-        "augment": augment_generator.get_state(),
-        "torch": torch.get_rng_state(),
+def run_identity(
+    method: Method,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    config: TrainConfig,
+    processes: int,
+    dataset: str | None,
+) -> dict:
+    """Everything that defines a run: a checkpoint resumes only a run with the same identity."""
+    identity = {
+        "method": method.name,
+        "method_config": method.config(),
+        "train_config": config.to_dict(),
+        "dataset": dataset,
+        "images": len(images),
+        "images_sha256": sha256_tensor(images),
+        "processes": processes,
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
+    if method.uses_labels:
+        identity["labels_sha256"] = sha256_tensor(labels)
+    return identity
 
 
-def _restore_rng_states(states: dict, data_generator: torch.Generator, augment_generator: torch.Generator):
-    data_generator.set_state(states["data"])
-    augment_generator.set_state(states["augment"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def check_identity(recorded: dict | None, expected: dict, path: Path) -> None:
+    """A ``CheckpointMismatchError`` naming every field where the checkpoint's run differs from this one."""
+    if recorded is None:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not say which run wrote it; delete it or pass another --checkpoint path"
+        )
+    differences = [
+        f"{key}: {recorded.get(key)!r} in the checkpoint, {value!r} now"
+        for key, value in expected.items()
+        if recorded.get(key) != value
+    ]
+    if differences:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was written by a different run ("
+            + "; ".join(differences)
+            + "); delete it or pass another --checkpoint path"
+        )
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during a run, saved after every epoch so that a run can resume."""
+
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    data_generator: torch.Generator  # the order of the images
+    augment_generator: torch.Generator  # the views, masks and noise of this process
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0  # epochs completed
+
+    @classmethod
+    def start(cls, method: Method, config: TrainConfig, plan: StepPlan, device: torch.device) -> TrainState:
+        optimizer = build_optimizer(method, config)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, plan.warmup_steps, plan.total_steps)
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision_dtype(device, config.amp) == torch.float16)
+        data_generator = torch.Generator().manual_seed(config.seed)
+        # Each process draws other views of its share of the batch.
+        augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
+        return cls(method, optimizer, scheduler, scaler, data_generator, augment_generator)
+
+    def save(self, path: Path, identity: dict) -> None:
+        """Write the checkpoint and the history beside it (main process; every process must call it)."""
+        augment_states = [self.augment_generator.get_state()]
+        if distributed.world_size() > 1:  # every process's view generator, so that each resumes its own views
+            augment_states = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(augment_states, self.augment_generator.get_state())
+        if not distributed.is_main_process():
+            return
+        rng = {"data": self.data_generator.get_state(), "augment": augment_states, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint = {
+            "identity": identity,
+            "epoch": self.epoch,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "history": self.history,
+        }
+        save_torch_atomically(checkpoint, path)
+        write_text_atomically(history_path(path), json.dumps(self.history, indent=1))
+
+    def load(self, path: Path, identity: dict, device: torch.device) -> None:
+        """Resume from ``path``, after checking that it was written by the same run."""
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        check_identity(checkpoint.get("identity"), identity, path)
+        self.method.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        rng = checkpoint["rng"]
+        self.data_generator.set_state(rng["data"])
+        self.augment_generator.set_state(rng["augment"][distributed.rank()])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.history, self.epoch = list(checkpoint["history"]), checkpoint["epoch"]
+
+
+def wrap_for_training(method: Method, device: torch.device, compile_model: bool) -> torch.nn.Module:
+    """What each step runs through: the method, in DistributedDataParallel under torchrun, compiled if asked."""
+    model: torch.nn.Module = method
+    if distributed.world_size() > 1:
+        # SyncBatchNorm (statistics over the global batch) works with NCCL only, so on CUDA only.
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(model) if compile_model else model
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    state: TrainState,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    config: TrainConfig,
+    plan: StepPlan,
+    progress: bool,
+) -> dict:
+    """One pass of ``plan.steps_per_epoch`` steps; returns the epoch's record (mean loss and extras)."""
+    method, device, epoch = state.method, images.device, state.epoch
+    amp_dtype = mixed_precision_dtype(device, config.amp)
+    # A loss computed on the gathered global batch already has the single-process gradient; DDP's
+    # averaging over processes would divide it by K, so it is multiplied back.
+    loss_scale = distributed.world_size() if method.loss_spans_global_batch else 1
+    started = time.perf_counter()
+    order = torch.randperm(len(images), generator=state.data_generator).to(device)
+    sums: dict[str, torch.Tensor] = {}
+    description = f"{method.name} epoch {epoch + 1}/{config.epochs}"
+    bar = tqdm(range(plan.steps_per_epoch), desc=description, disable=not progress, leave=False)
+    for step in bar:
+        start = step * config.batch_size + distributed.rank() * plan.local_batch  # this process's share
+        index = order[start : start + plan.local_batch]
+        batch = to_float(images[index]).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(batch, labels[index] if labels is not None else None, state.augment_generator)
+        loss = outputs["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"{method.name}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                f"(global step {epoch * plan.steps_per_epoch + step + 1}); training stopped. Lower the "
+                f"learning rate (now {state.scheduler.get_last_lr()[0]:.3g}) or check the inputs."
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss * loss_scale).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        for key, value in outputs.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    means = distributed.average_across_processes(
+        {key: float(total) / plan.steps_per_epoch for key, total in sums.items()}
+    )
+    return {
+        "epoch": epoch + 1,
+        **{key: round(value, 6) for key, value in means.items()},
+        "lr": state.scheduler.get_last_lr()[0],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def train(
@@ -170,12 +300,13 @@ def train(
     progress: bool = True,
     on_epoch_end=None,
     compile_model: bool = False,
+    dataset: str | None = None,
 ) -> list[dict]:
-    """Train ``method`` on ``images`` (uint8 ``[N, 28, 28]``), resuming from ``checkpoint_path``.
+    """Train ``method`` on ``images``, resuming from ``checkpoint_path`` when it holds this run.
 
     Args:
         method: the model to train, freshly built (its parameters are overwritten on resume).
-        images: uint8 ``[N, 28, 28]``; moved to ``device`` once.
+        images: uint8 ``[N, H, W]`` (grey) or ``[N, C, H, W]``; moved to ``device`` once.
         labels: int64 ``[N]``, used only when ``method.uses_labels``.
         config: optimisation settings.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -185,8 +316,10 @@ def train(
         on_epoch_end: optional ``f(method, epoch) -> dict`` called after each epoch (``epoch`` counts
             from 1); what it returns is added to the epoch's history record (e.g. a validation
             accuracy). The method is in eval mode during the call.
-        compile_model: run the training step through ``torch.compile`` (CUDA; the first steps
-            are slower while it compiles).
+        compile_model: run the training step through ``torch.compile`` (the first steps are slower
+            while it compiles).
+        dataset: the dataset's name, recorded in the checkpoint's run identity (beside the images'
+            number and fingerprint), so that resuming on another dataset says so.
 
     Across processes (torchrun), ``config.batch_size`` is the global batch: each of the K
     processes takes ``batch_size / K`` images of it, and losses that span the batch see all of it.
@@ -197,148 +330,36 @@ def train(
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite; the message names epoch and step.
+        CheckpointMismatchError: ``checkpoint_path`` holds another run; the message names the fields.
     """
     device = resolve_device(device)
     if method.uses_labels and labels is None:
         raise ValueError(f"{method.name} trains on labels, but none were given")
-    if len(images) < config.batch_size:
-        raise ValueError(f"{len(images)} images are fewer than one batch of {config.batch_size}")
-    processes, rank = distributed.world_size(), distributed.rank()
-    if config.batch_size % processes:
-        raise ValueError(
-            f"the batch of {config.batch_size} does not split evenly over {processes} processes; "
-            f"choose a batch size divisible by {processes}"
-        )
-    local_batch = config.batch_size // processes
-    progress = progress and distributed.is_main_process()
-    steps_per_epoch = len(images) // config.batch_size
-    if config.steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps)
-
+    plan = plan_steps(len(images), config, distributed.world_size())
+    labels = labels if method.uses_labels else None
+    identity = run_identity(method, images, labels, config, distributed.world_size(), dataset)
     images = images.to(device)
-    labels = labels.to(device) if (labels is not None and method.uses_labels) else None
+    labels = labels.to(device) if labels is not None else None
     # Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution kernels.
     method.to(device, memory_format=torch.channels_last)
-    model = method  # what the step runs through: the method, or its DDP / compiled wrapper
-    if processes > 1:
-        if device.type == "cuda":  # BatchNorm statistics over the global batch (NCCL only)
-            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        device_ids = [device] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=device_ids)
-    if compile_model:
-        model = torch.compile(model)
-    # A loss computed on the gathered global batch already has the single-process gradient; DDP's
-    # averaging over processes would divide it by K, so it is multiplied back.
-    loss_scale = processes if method.loss_spans_global_batch else 1
-    optimizer = build_optimizer(method, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_with_warmup(step, warmup_steps, total_steps)
-    )
-    amp_dtype = mixed_precision_dtype(device, config.amp)
-    use_amp = amp_dtype is not None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    data_generator = torch.Generator().manual_seed(config.seed)
-    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1 + rank)  # other views per process
-
-    history: list[dict] = []
-    start_epoch = 0
+    model = wrap_for_training(method, device, compile_model)
+    state = TrainState.start(method, config, plan, device)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        expected = {
-            "method": method.name,
-            "method_config": method.config(),
-            "train_config": config.to_dict(),
-            "processes": processes,
-        }
-        for key, value in expected.items():
-            recorded = state.get(key, 1 if key == "processes" else None)
-            if recorded != value:
-                raise ValueError(
-                    f"checkpoint {checkpoint_path} was written for a different run ({key} differs: "
-                    f"{recorded} vs {value}); delete it or pass another --checkpoint path"
-                )
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _restore_rng_states(state["rng"], data_generator, augment_generator)
-        if processes > 1:
-            augment_generator.set_state(state["augment_rng_per_process"][rank])
-        history = list(state["history"])
-        start_epoch = state["epoch"]
-
+        state.load(Path(checkpoint_path), identity, device)
+    progress = progress and distributed.is_main_process()
     method.train()
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        order = torch.randperm(len(images), generator=data_generator).to(device)
-        sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{method.name} epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for step in bar:
-            start = step * config.batch_size + rank * local_batch  # this process's share of the global batch
-            index = order[start : start + local_batch]
-            batch = to_float(images[index]).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                outputs = model(batch, labels[index] if labels is not None else None, augment_generator)
-            loss = outputs["loss"]
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{method.name}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"(global step {epoch * steps_per_epoch + step + 1}); training stopped. Lower the "
-                    f"learning rate (now {scheduler.get_last_lr()[0]:.3g}) or check the inputs."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss * loss_scale).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for key, value in outputs.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
-            if progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        record = {"epoch": epoch + 1}
-        means = {key: float(total) / steps_per_epoch for key, total in sums.items()}
-        means = distributed.average_across_processes(means)
-        record.update({key: round(value, 6) for key, value in means.items()})
-        record["lr"] = scheduler.get_last_lr()[0]
-        record["seconds"] = round(time.perf_counter() - started, 3)
+    while state.epoch < config.epochs:
+        record = train_one_epoch(model, state, images, labels, config, plan, progress)
         if on_epoch_end is not None:
             method.eval()
-            record.update(on_epoch_end(method, epoch + 1))
+            record.update(on_epoch_end(method, state.epoch + 1))
             method.train()
-        history.append(record)
+        state.history.append(record)
+        state.epoch += 1
         if progress:
-            tqdm.write(
-                f"{method.name} epoch {epoch + 1}/{config.epochs}: "
-                + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
-            )
-        augment_states = None
-        if processes > 1:  # every process's view generator, so that each resumes its own views
-            augment_states = [None] * processes
-            torch.distributed.all_gather_object(augment_states, augment_generator.get_state())
-        if checkpoint_path is not None and distributed.is_main_process():
-            atomic_save(
-                {
-                    "method": method.name,
-                    "method_config": method.config(),
-                    "train_config": config.to_dict(),
-                    "epoch": epoch + 1,
-                    "model": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": _rng_states(data_generator, augment_generator),
-                    "history": history,
-                    **({"processes": processes, "augment_rng_per_process": augment_states} if processes > 1 else {}),
-                },
-                checkpoint_path,
-            )
-            atomic_write_text(json.dumps(history, indent=1), history_path(checkpoint_path))
+            tqdm.write(f"{method.name} epoch {state.epoch}/{config.epochs}: " + ", ".join(
+                f"{key}={value:.4g}" for key, value in record.items() if key != "epoch"))
+        if checkpoint_path is not None:
+            state.save(Path(checkpoint_path), identity)
     method.eval()
-    return history
+    return state.history

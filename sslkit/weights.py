@@ -1,16 +1,19 @@
-"""Shipped weights: save, verify and load them, with ``weights/manifest.json`` as the record.
+"""Shipped weights: find, verify, load and publish them, with ``manifest.json`` as their record.
 
-Each ``weights/<name>.pth`` is a plain state dict of tensors (loaded with ``weights_only=True``,
-so nothing is ever unpickled): the method's modules under their own prefixes (``encoder.``,
-``projector.``, ...) and the fitted linear probe under ``probe.``. The manifest holds, per name,
-the file's sha256 and size, the model and training configuration, the command, device and wall
-time of the training run, and every result measured on the weights. It is the single source of
-truth for numbers: the README table and the notebooks read it.
+Each ``<name>.pth`` is a plain state dict of tensors (loaded with ``weights_only=True``, so nothing
+is ever unpickled): the method's modules under their own prefixes (``encoder.``, ``projector.``,
+...) and the fitted linear probe under ``probe.``. The manifest holds, per name, the file's sha256
+and size, the model and training configuration, the command, device and wall time of the training
+run, and every result measured on the weights. It is the single source of truth for numbers: the
+README table and the notebooks read it.
+
+Every function names weights the same way: ``(name, dataset, root)``. ``root`` is
+``$SSLKIT_WEIGHTS`` or the repository's ``weights/`` unless given; Fashion-MNIST's weights live in
+the root itself, those of another dataset in ``root/<dataset>/`` with a manifest of their own.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -24,12 +27,12 @@ except ImportError:  # Windows
 import torch
 from torch import nn
 
-from .augment import AugmentConfig
 from .data import DEFAULT_DATASET, dataset_info
-from .models import PixelFeatures, build_encoder
+from .files import save_torch_atomically, sha256_file, write_text_atomically
+from .methods import SPECS, Method, method_from_config, spec
+from .models import build_encoder
+from .protocol import LinearProbe
 
-METHODS = ("autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae")
-BASELINES = ("supervised", "random", "random_vit", "pixels")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -37,29 +40,19 @@ class WeightsError(ValueError):
     """Shipped weights are missing, corrupt, tampered with or do not fit the architecture."""
 
 
-def weights_dir(dataset: str = DEFAULT_DATASET) -> Path:
-    """``$SSLKIT_WEIGHTS`` if set, else the repository's ``weights/`` (found from the package, not the cwd);
-    for a dataset other than Fashion-MNIST, its subfolder (``weights/cifar10/``), with its own manifest."""
+def weights_dir(dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> Path:
+    """The folder of ``dataset``'s weights: ``root`` (default ``$SSLKIT_WEIGHTS``, else the repository's
+    ``weights/``, found from the package, not the working directory), or its subfolder ``root/<dataset>/``
+    for a dataset other than Fashion-MNIST."""
     dataset_info(dataset)  # a clear error for unknown names
-    root = (
-        Path(os.environ["SSLKIT_WEIGHTS"])
-        if os.environ.get("SSLKIT_WEIGHTS")
-        else (Path(__file__).resolve().parent.parent / "weights")
-    )
-    return root if dataset == DEFAULT_DATASET else root / dataset
+    if root is None:
+        root = os.environ.get("SSLKIT_WEIGHTS") or Path(__file__).resolve().parent.parent / "weights"
+    return Path(root) if dataset == DEFAULT_DATASET else Path(root) / dataset
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_manifest(directory: str | Path | None = None) -> dict:
+def load_manifest(dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> dict:
     """The manifest as a dict ``{"methods": {name: entry}}``; empty when there is none yet."""
-    path = Path(directory or weights_dir()) / MANIFEST_NAME
+    path = weights_dir(dataset, root) / MANIFEST_NAME
     if not path.exists():
         return {"methods": {}}
     try:
@@ -68,71 +61,60 @@ def load_manifest(directory: str | Path | None = None) -> dict:
         raise WeightsError(f"{path} is not valid JSON ({error}); restore it with `git checkout {path}`") from error
 
 
-def save_manifest(manifest: dict, directory: str | Path | None = None) -> None:
-    path = Path(directory or weights_dir()) / MANIFEST_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def save_manifest(manifest: dict, dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> None:
+    path = weights_dir(dataset, root) / MANIFEST_NAME
+    write_text_atomically(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 @contextmanager
-def manifest_update(directory: str | Path | None = None):
+def manifest_update(dataset: str = DEFAULT_DATASET, root: str | Path | None = None):
     """Read, change and write the manifest under an exclusive lock: runs that finish at the same time
     (a sweep recording a run while a training publishes) never lose each other's entries.
 
     Yields the manifest dict; it is saved when the ``with`` block ends without an error.
     """
-    directory = Path(directory or weights_dir())
+    directory = weights_dir(dataset, root)
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / (MANIFEST_NAME + ".lock"), "w") as lock:
         if fcntl is not None:  # POSIX; elsewhere concurrent runs must not write the same manifest
             fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = load_manifest(directory)
+        manifest = load_manifest(dataset, root)
         yield manifest
-        save_manifest(manifest, directory)
+        save_manifest(manifest, dataset, root)
 
 
-def check_name(name: str) -> None:
-    if name not in METHODS + BASELINES:
-        raise ValueError(
-            f"unknown method {name!r}; methods are {', '.join(METHODS)}; baselines are {', '.join(BASELINES)}"
-        )
-
-
-def trained_on(entry: dict) -> str:
-    """The dataset a manifest entry's weights were trained on (entries from before ``--dataset``: Fashion-MNIST)."""
-    return entry.get("dataset", DEFAULT_DATASET)
-
-
-def manifest_entry(name: str, directory: str | Path | None = None, dataset: str | None = None) -> dict:
-    """The manifest entry of ``name`` in ``directory`` (default: ``weights_dir(dataset)``), with a clear
-    error if it has no weights there yet or, when ``dataset`` is given, if they were trained on another."""
-    check_name(name)
-    directory = Path(directory or weights_dir(dataset or DEFAULT_DATASET))
-    entries = load_manifest(directory)["methods"]
+def manifest_entry(name: str, dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> dict:
+    """The manifest entry of ``name``'s weights for ``dataset``, with a clear error if there are none yet."""
+    spec(name)  # a clear error for unknown names
+    directory = weights_dir(dataset, root)
+    entries = load_manifest(dataset, root)["methods"]
     if name not in entries:
         shipped = ", ".join(sorted(entries)) or "none"
-        option = "" if dataset in (None, DEFAULT_DATASET) else f" --dataset {dataset}"
+        option = "" if dataset == DEFAULT_DATASET else f" --dataset {dataset}"
         raise WeightsError(
             f"no weights for {name!r} are in {directory} yet (there: {shipped}); "
             f"train them with `python -m sslkit pretrain {name}{option}`"
         )
-    if dataset is not None and trained_on(entries[name]) != dataset:
-        actual = trained_on(entries[name])
+    trained_on = entries[name]["dataset"]
+    if trained_on != dataset:
         raise WeightsError(
-            f"the weights of {name!r} in {directory} were trained on {dataset_info(actual).title}, not on "
-            f"{dataset_info(dataset).title}: pass dataset={actual!r} (--dataset {actual}), or the folder of the "
-            f"{dataset!r} weights, {weights_dir(dataset)}"
+            f"the weights of {name!r} in {directory} were trained on {dataset_info(trained_on).title}, not on "
+            f"{dataset_info(dataset).title}; move them to {weights_dir(trained_on, root)}"
         )
     return entries[name]
 
 
-def record_results(name: str, key: str, value, directory: str | Path | None = None) -> None:
+def shipped_names(dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> list[str]:
+    """The names with weights for ``dataset``, in the registry's order (methods, then baselines)."""
+    entries = load_manifest(dataset, root)["methods"]
+    return [name for name in SPECS if name in entries]
+
+
+def record_results(name: str, key: str, value, dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> None:
     """Set ``results[key]`` in the manifest entry of ``name`` (measured later than training, e.g.
     label efficiency); the weights file and its hash are unchanged."""
-    manifest_entry(name, directory)  # clear error when nothing is shipped under this name
-    with manifest_update(directory) as manifest:
+    manifest_entry(name, dataset, root)  # a clear error when nothing is shipped under this name
+    with manifest_update(dataset, root) as manifest:
         manifest["methods"][name].setdefault("results", {})[key] = value
 
 
@@ -151,32 +133,28 @@ def _verified_file(path: Path, expected_sha256: str, what: str) -> Path:
     return path
 
 
-def load_state(name: str, directory: str | Path | None = None) -> dict[str, torch.Tensor]:
+def load_state(name: str, dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The verified state dict of ``name``'s shipped weights (sha256 checked against the manifest)."""
-    directory = Path(directory or weights_dir())
-    entry = manifest_entry(name, directory)
-    path = _verified_file(directory / entry["file"], entry["sha256"], "weights file")
+    entry = manifest_entry(name, dataset, root)
+    path = _verified_file(weights_dir(dataset, root) / entry["file"], entry["sha256"], "weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the sha matched, so this is a file written wrongly: say so
         raise WeightsError(f"{path} matches its sha256 but cannot be read as a state dict: {error}") from error
 
 
-def load_history(name: str, directory: str | Path | None = None) -> list[dict]:
+def load_history(name: str, dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> list[dict]:
     """The per-epoch training history saved with the shipped weights (verified like the weights)."""
-    directory = Path(directory or weights_dir())
-    entry = manifest_entry(name, directory)
+    entry = manifest_entry(name, dataset, root)
     if "history_file" not in entry:
         return []
-    path = _verified_file(directory / entry["history_file"], entry["history_sha256"], "history file")
+    path = _verified_file(weights_dir(dataset, root) / entry["history_file"], entry["history_sha256"], "history file")
     return json.loads(path.read_text())
 
 
-def load_probe(name: str, directory: str | Path | None = None):
-    """The ``evaluate.LinearProbe`` fitted on ``name``'s features and shipped with its weights."""
-    from .evaluate import LinearProbe  # evaluate.py imports this module
-
-    return LinearProbe.from_state_dict(load_state(name, directory))
+def load_probe(name: str, dataset: str = DEFAULT_DATASET, root: str | Path | None = None) -> LinearProbe:
+    """The linear probe fitted on ``name``'s features and shipped with its weights."""
+    return LinearProbe.from_state_dict(load_state(name, dataset, root))
 
 
 def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -198,47 +176,29 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 
 def load_pretrained(
-    name: str, device: str | torch.device = "cpu", directory: str | Path | None = None, dataset: str | None = None
+    name: str, device: str | torch.device = "cpu", dataset: str = DEFAULT_DATASET, root: str | Path | None = None
 ) -> nn.Module:
-    """The frozen, verified encoder of a method or baseline, in eval mode.
+    """The frozen, verified encoder of a method or baseline trained on ``dataset``, in eval mode.
 
     Input: float ``[N, C, H, W]`` in ``[0, 1]``: ``[N, 1, 28, 28]`` for Fashion-MNIST (the default) and
     MNIST, ``[N, 3, 32, 32]`` for CIFAR-10. Output: features ``[N, D]``: the globally pooled output of
-    the encoder trunk, before any method head (raw pixels for ``"pixels"``). ``dataset`` names the
-    dataset the weights were trained on: they are looked up in its folder, ``weights_dir(dataset)``,
-    and loading fails if they were trained on another. Without it, the weights in ``directory``
-    (default: Fashion-MNIST's ``weights/``) are loaded, whichever dataset they were trained on.
+    the encoder trunk, before any method head (MAE: the mean of its tokens; ``"pixels"``: the pixels).
     """
-    directory = Path(directory or weights_dir(dataset or DEFAULT_DATASET))
-    entry = manifest_entry(name, directory, dataset)
-    state = load_state(name, directory)
-    if entry["config"].get("encoder") is None:
-        info = dataset_info(trained_on(entry))
-        encoder: nn.Module = PixelFeatures(info.channels, info.image_size)
-    else:
-        encoder = build_encoder(entry["config"]["encoder"])
-        load_into(encoder, submodule_state(state, "encoder."), f"{directory / entry['file']} (encoder.*)")
-    encoder.eval().requires_grad_(False)
-    return encoder.to(device)
+    entry = manifest_entry(name, dataset, root)
+    state = submodule_state(load_state(name, dataset, root), "encoder.")
+    encoder = build_encoder(entry["config"]["encoder_config"])
+    load_into(encoder, state, f"{weights_dir(dataset, root) / entry['file']} (encoder.*)")
+    return encoder.eval().requires_grad_(False).to(device)
 
 
 def load_method(
-    name: str, device: str | torch.device = "cpu", directory: str | Path | None = None, dataset: str | None = None
-) -> nn.Module:
+    name: str, device: str | torch.device = "cpu", dataset: str = DEFAULT_DATASET, root: str | Path | None = None
+) -> Method:
     """The whole trained method (encoder and heads, e.g. SimCLR's projector), verified, in eval mode."""
-    from .methods import METHOD_CLASSES, build_method
-
-    if name not in METHOD_CLASSES:
-        raise ValueError(f"{name!r} has no trainable method class; methods with heads: {', '.join(METHOD_CLASSES)}")
-    directory = Path(directory or weights_dir(dataset or DEFAULT_DATASET))
-    entry = manifest_entry(name, directory, dataset)
-    config = dict(entry["config"])
-    if "augment" in config:
-        augment = config.pop("augment")
-        config["augment_config"] = None if augment is None else AugmentConfig.from_dict(augment)
-    method = build_method(name, trained_on(entry), encoder_config=config.pop("encoder"), **config)
-    state = {key: value for key, value in load_state(name, directory).items() if not key.startswith("probe.")}
-    load_into(method, state, str(directory / entry["file"]))
+    entry = manifest_entry(name, dataset, root)
+    method = method_from_config(name, entry["config"])
+    state = {key: value for key, value in load_state(name, dataset, root).items() if not key.startswith("probe.")}
+    load_into(method, state, str(weights_dir(dataset, root) / entry["file"]))
     return method.eval().requires_grad_(False).to(device)
 
 
@@ -247,21 +207,19 @@ def publish(
     state: dict[str, torch.Tensor],
     entry: dict,
     history: list[dict] | None = None,
-    directory: str | Path | None = None,
+    dataset: str = DEFAULT_DATASET,
+    root: str | Path | None = None,
 ) -> dict:
     """Write ``<name>.pth`` (and its history), then record file hashes and ``entry`` in the manifest."""
-    check_name(name)
-    directory = Path(directory or weights_dir())
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.pth"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({key: value.detach().cpu().contiguous() for key, value in state.items()}, tmp)
-    os.replace(tmp, path)
-    entry = {**entry, "file": path.name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+    spec(name)
+    directory = weights_dir(dataset, root)
+    path = save_torch_atomically({key: value.detach().cpu().contiguous() for key, value in state.items()},
+                                 directory / f"{name}.pth")
+    entry = {**entry, "dataset": dataset, "file": path.name, "sha256": sha256_file(path),
+             "size_bytes": path.stat().st_size}
     if history:
-        history_file = directory / f"{name}.history.json"
-        history_file.write_text(json.dumps(history, indent=1) + "\n")
+        history_file = write_text_atomically(directory / f"{name}.history.json", json.dumps(history, indent=1) + "\n")
         entry.update(history_file=history_file.name, history_sha256=sha256_file(history_file))
-    with manifest_update(directory) as manifest:
+    with manifest_update(dataset, root) as manifest:
         manifest.setdefault("methods", {})[name] = entry
     return entry

@@ -1,0 +1,414 @@
+"""What the command line and the notebooks run end to end: pretrain → evaluate → publish, re-measure
+shipped weights against their record, and record fine-tuning, sweeps and training costs.
+
+Every result lands in the manifest of the weights it was measured on (``weights.py``), named
+``(name, dataset, root)`` as everywhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from . import __version__, distributed
+from .data import DEFAULT_DATASET, dataset_info, load_dataset, locate
+from .devices import describe_device
+from .geometry import alignment_and_uniformity, embedding_diagnostics
+from .methods import (
+    SPECS,
+    JointEmbedding,
+    build_method,
+    build_untrained_encoder,
+    method_class,
+    method_settings,
+)
+from .models import count_parameters
+from .protocol import (
+    evaluate_features,
+    evaluate_frozen_features,
+    extract_features,
+    probe_validation_split,
+    select_and_fit_linear_probe,
+)
+from .train import TrainConfig, train
+from .transfer import TRANSFER_REPEATS, transfer
+from .weights import load_pretrained, load_probe, manifest_entry, manifest_update, publish, record_results
+
+REPRODUCTION_TOLERANCE = 0.002  # 0.2 points: features on another device or torch build differ in the last bits
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def load_splits(dataset: str = DEFAULT_DATASET, limit: int | None = None) -> tuple[Split, Split]:
+    """``(train_images, train_labels), (test_images, test_labels)``, each cut to ``limit`` images if given."""
+    splits = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    if limit:
+        splits = tuple((images[:limit], labels[:limit]) for images, labels in splits)
+    return splits
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+
+@dataclass
+class PretrainRun:
+    """One ``python -m sslkit pretrain`` run: what to train, on what, and where to publish it."""
+
+    method: str
+    dataset: str = DEFAULT_DATASET
+    epochs: int = 100
+    batch_size: int = 256
+    seed: int = 0
+    recipe: dict | None = None  # overrides of the method's recipe: lr, weight_decay, optimizer, warmup_epochs
+    settings: dict | None = None  # overrides of the method's settings, e.g. {"temperature": 0.5}
+    amp: bool = True
+    steps_per_epoch: int | None = None  # smoke runs
+    limit: int | None = None  # only the first N training and test images (smoke runs)
+    checkpoint: Path | None = None  # default: checkpoints/METHOD.ckpt
+    root: Path | None = None  # of the weights (default: $SSLKIT_WEIGHTS or weights/)
+    command: str = ""  # what reproduces the run, recorded in the manifest
+    progress: bool = True
+    compile_model: bool = False
+
+    def train_config(self) -> TrainConfig:
+        recipe = {**method_class(self.method).recipe, **(self.recipe or {})}
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, amp=self.amp,
+                           steps_per_epoch=self.steps_per_epoch, **recipe)
+
+
+def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
+    """Train (in every process under torchrun), then evaluate and publish (in the main process).
+
+    Returns the published manifest entry (None in the other processes)."""
+    (train_images, train_labels), (test_images, test_labels) = load_splits(run.dataset, run.limit)
+    if dataset_info(run.dataset).channels == 3:  # the transfer task's files: missing, they stop the run early
+        for split in ("train", "test"):
+            locate("cifar100", split)
+    entry = {"command": run.command, "torch_version": torch.__version__, "sslkit_version": __version__,
+             "kind": "method" if SPECS[run.method].self_supervised else "baseline"}
+    history: list[dict] = []
+    if SPECS[run.method].method_class is None:
+        encoder = build_untrained_encoder(run.method, run.dataset, seed=run.seed)
+        state = {f"encoder.{key}": value for key, value in encoder.state_dict().items()}
+        entry.update(config={"encoder_config": encoder.config()}, epochs=0)
+    else:
+        method, history, fields_of_run = train_method(run, train_images, train_labels, device)
+        if not distributed.is_main_process():
+            return None
+        encoder, state = method.encoder, method.state_dict()
+        entry.update(fields_of_run)
+    print(f"evaluating {run.method} with the linear-probe protocol ...", flush=True)
+    started = time.perf_counter()
+    probe, entry["results"] = evaluate_new_encoder(encoder, (train_images, train_labels),
+                                                   (test_images, test_labels), run.dataset, device, run.limit)
+    written = publish(run.method, {**state, **probe.state_dict()}, entry, history, run.dataset, run.root)
+    results = entry["results"]
+    print(
+        f"{run.method}: linear probe {100 * results['linear_probe']['test_accuracy']:.2f}%, "
+        f"kNN {100 * results['knn']['test_accuracy']:.2f}% (evaluated in {time.perf_counter() - started:.0f} s); "
+        f"wrote {written['file']} and its manifest entry"
+    )
+    return written
+
+
+def train_method(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
+    """``(method, history, manifest fields)`` of the training half of ``pretrain``."""
+    unknown = set(run.settings or {}) - set(method_settings(run.method))
+    if unknown:
+        raise ValueError(f"{', '.join(sorted(unknown))} does not apply to {run.method}; its settings are "
+                         f"{', '.join(method_settings(run.method))}")
+    method = build_method(run.method, run.dataset, seed=run.seed, **(run.settings or {}))
+    config = run.train_config()
+    checkpoint = run.checkpoint or Path("checkpoints") / f"{run.method}.ckpt"
+    history = train(method, images, labels, config, device, checkpoint, progress=run.progress,
+                    compile_model=run.compile_model, dataset=run.dataset)
+    processes = distributed.world_size()
+    seconds = sum(record["seconds"] for record in history)
+    return method, history, {
+        "config": method.config(),
+        "train": config.to_dict(),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "device": describe_device(device) + (f" × {processes} processes" if processes > 1 else ""),
+        "wall_time_seconds": round(seconds, 1),
+        "seconds_per_epoch": round(seconds / len(history), 2),
+    }
+
+
+def evaluate_new_encoder(encoder, train_data: Split, test_data: Split, dataset: str, device, limit=None):
+    """``(probe, results)``: the whole protocol on a new encoder, as recorded in the manifest."""
+    train_features = extract_features(encoder, train_data[0], device=device)
+    test_features = extract_features(encoder, test_data[0], device=device)
+    probe, results = evaluate_features(train_features, train_data[1], test_features, test_data[1])
+    results["encoder_parameters"] = count_parameters(encoder)
+    results["geometry"] = alignment_and_uniformity(encoder, test_data[0], device=device)
+    results["transfer"] = transfer(encoder, dataset, device, repeats=1 if limit else TRANSFER_REPEATS)
+    if limit:
+        results["limit"] = limit
+    return probe, results
+
+
+# ----------------------------------------------------------------------------- shipped weights
+
+
+def evaluate_shipped(
+    name: str,
+    train_data: Split,
+    test_data: Split,
+    device: str | torch.device = "cpu",
+    dataset: str = DEFAULT_DATASET,
+    root: Path | None = None,
+    encoder: torch.nn.Module | None = None,
+) -> dict:
+    """Re-measure shipped weights: test accuracy of the shipped probe, its macro-F1, and kNN.
+
+    Only features are computed; the probe is the one fitted when the weights were published, so
+    the accuracy reproduces the manifest's. ``encoder``: ``name``'s shipped encoder if the caller
+    has already loaded it (loaded and verified here otherwise).
+    """
+    encoder = encoder if encoder is not None else load_pretrained(name, device, dataset, root)
+    evaluation = evaluate_frozen_features(
+        extract_features(encoder, train_data[0], device=device),
+        train_data[1],
+        extract_features(encoder, test_data[0], device=device),
+        test_data[1],
+        probe=load_probe(name, dataset, root),
+    )
+    return {"linear_probe": evaluation.probe_accuracy, "macro_f1": evaluation.macro_f1,
+            "knn": evaluation.knn_accuracy}
+
+
+def differences_from_manifest(
+    name: str,
+    measured: dict,
+    dataset: str = DEFAULT_DATASET,
+    root: Path | None = None,
+    tolerance: float = REPRODUCTION_TOLERANCE,
+) -> list[str]:
+    """The test accuracies of ``evaluate_shipped`` that differ from the manifest's by more than
+    ``tolerance``, one sentence each; empty when the shipped weights reproduce their record."""
+    recorded = manifest_entry(name, dataset, root)["results"]
+    return [
+        f"{name}: {key} test accuracy {100 * measured[key]:.2f}% differs from the manifest's "
+        f"{100 * recorded[key]['test_accuracy']:.2f}%"
+        for key in ("linear_probe", "knn")
+        if abs(measured[key] - recorded[key]["test_accuracy"]) > tolerance
+    ]
+
+
+def remeasure_shipped(
+    name: str,
+    train_data: Split,
+    test_data: Split,
+    device: str | torch.device = "cpu",
+    dataset: str = DEFAULT_DATASET,
+    root: Path | None = None,
+    transfer_repeats: int = TRANSFER_REPEATS,
+) -> dict:
+    """Everything ``python -m sslkit results`` measures of one shipped encoder, loaded once.
+
+    The shipped probe and kNN must reproduce the manifest (``ValueError`` otherwise: the weights and
+    their record disagree); alignment/uniformity on ``test_data``'s images and the transfer task
+    are measured afresh. Returns ``evaluate_shipped``'s dict plus ``"geometry"`` and ``"transfer"``.
+    """
+    encoder = load_pretrained(name, device, dataset, root)
+    measured = evaluate_shipped(name, train_data, test_data, device, dataset, root, encoder=encoder)
+    differences = differences_from_manifest(name, measured, dataset, root)
+    if differences:
+        raise ValueError(
+            "; ".join(differences) + "; the weights and their record disagree (republish them with "
+            f"`{manifest_entry(name, dataset, root)['command']}`)"
+        )
+    return {
+        **measured,
+        "geometry": alignment_and_uniformity(encoder, test_data[0], device=device),
+        "transfer": transfer(encoder, dataset, device, repeats=transfer_repeats),
+    }
+
+
+# ----------------------------------------------------------------------------- fine-tuning records
+
+
+def record_fine_tune(name: str, summary: dict, dataset: str = DEFAULT_DATASET, root: Path | None = None) -> dict:
+    """Store a ``finetune.label_efficiency`` summary under ``results.fine_tune`` of ``name``, merged with
+    the fractions recorded before (``merged_fine_tune``), inside one manifest lock. Returns what was stored."""
+    manifest_entry(name, dataset, root)  # a clear error when nothing is shipped under this name
+    with manifest_update(dataset, root) as manifest:
+        results = manifest["methods"][name].setdefault("results", {})
+        results["fine_tune"] = merged_fine_tune(results, summary)
+    return results["fine_tune"]
+
+
+def merged_fine_tune(recorded: dict, summary: dict) -> dict:
+    """``summary`` with the fractions an earlier ``finetune`` run of the same recipe, seeds and limit
+    recorded and this run did not measure (e.g. ``--fractions 1`` after the default 0.01 0.1).
+
+    Every fraction entry says on which device it ran; ``seconds`` is the total of both runs. An
+    earlier record of another recipe is replaced, never mixed in."""
+    previous = recorded.get("fine_tune")
+    for result in summary["fractions"].values():
+        result["device"] = summary["device"]
+    if not previous or (previous["config"], previous.get("limit")) != (summary["config"], summary.get("limit")):
+        return summary
+    kept = {
+        fraction: {"device": previous["device"], **result}
+        for fraction, result in previous["fractions"].items()
+        if fraction not in summary["fractions"]
+    }
+    if not kept:
+        return summary
+    devices = {result["device"] for result in (*kept.values(), *summary["fractions"].values())}
+    return {
+        **summary,
+        "fractions": dict(sorted({**kept, **summary["fractions"]}.items(), key=lambda f: float(f[0]))),
+        "seconds": round(previous["seconds"] + summary["seconds"], 1),
+        "device": " and ".join(sorted(devices)),
+    }
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+SWEEPABLE_TRAIN_SETTINGS = tuple(
+    f.name for f in fields(TrainConfig) if f.name not in ("epochs", "steps_per_epoch", "amp", "seed")
+)
+
+
+@dataclass
+class Sweep:
+    """Short runs of one method over the values of one setting, scored by the linear probe on the
+    validation split (the test set is never used), each recorded in the manifest as soon as it ends."""
+
+    method: str
+    param: str  # a method setting (beta, temperature, ...) or a training one (lr, batch_size, ...)
+    values: list
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 5
+    warmup_epochs: int | None = None  # default: the method's recipe
+    lr_scaling: str = "none"  # with param batch_size: "linear" or "sqrt" scaling of the recipe's lr
+    diagnostics: bool = False  # collapse diagnostics of each run's embeddings
+    dataset: str = DEFAULT_DATASET
+    root: Path | None = None
+    limit: int | None = None  # smoke runs
+    steps_per_epoch: int | None = None  # smoke runs
+    command: str = ""
+
+    def check(self) -> None:
+        """A clear error for a setting the method does not have, or options that do not fit it."""
+        settings = set(method_settings(self.method)) | set(SWEEPABLE_TRAIN_SETTINGS)
+        if self.param not in settings:
+            choices = ", ".join(sorted(settings))
+            raise ValueError(f"{self.method} has no setting {self.param!r}; choose one of {choices}")
+        if self.lr_scaling != "none" and self.param != "batch_size":
+            raise ValueError(f"--lr-scaling {self.lr_scaling} applies only when sweeping batch_size, not {self.param}")
+        if self.diagnostics and not issubclass(method_class(self.method), JointEmbedding):
+            raise ValueError(f"--diagnostics needs a joint-embedding method (simclr, dcl, vicreg), not {self.method}")
+        manifest_entry(self.method, self.dataset, self.root)  # results are recorded beside the shipped weights
+
+    def settings(self) -> dict:
+        """What every run of the sweep shares; a recorded sweep with other settings is not resumed."""
+        recipe = method_class(self.method).recipe
+        warmup = recipe["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs
+        settings = {"epochs": self.epochs, "warmup_epochs": warmup, "lr_scaling": self.lr_scaling}
+        if self.limit or self.steps_per_epoch:
+            settings["smoke"] = {"limit": self.limit, "steps_per_epoch": self.steps_per_epoch}
+        return settings
+
+    def recorded_runs(self) -> dict[tuple, dict]:
+        """Runs an interrupted sweep with the same settings recorded, by ``(value, seed)``."""
+        sweeps = manifest_entry(self.method, self.dataset, self.root).get("results", {}).get("sweeps", {})
+        previous = sweeps.get(self.param, {})
+        if any(previous.get(key) != value for key, value in self.settings().items()):
+            return {}
+        return {(run["value"], run.get("seed", 0)): run for run in previous.get("runs", [])
+                if "diagnostics" in run or not self.diagnostics}
+
+    def train_config(self, value, seed: int) -> TrainConfig:
+        recipe = {**method_class(self.method).recipe, "warmup_epochs": self.settings()["warmup_epochs"]}
+        if self.param in SWEEPABLE_TRAIN_SETTINGS:
+            recipe[self.param] = value
+        if self.lr_scaling != "none":
+            ratio = value / TrainConfig.batch_size
+            recipe["lr"] *= ratio if self.lr_scaling == "linear" else ratio**0.5
+        return TrainConfig(epochs=self.epochs, seed=seed, steps_per_epoch=self.steps_per_epoch, **recipe)
+
+    def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
+        """Train one run and score it on the validation split; its record."""
+        settings = {self.param: value} if self.param in method_settings(self.method) else {}
+        method = build_method(self.method, self.dataset, seed=seed, **settings)
+        config = self.train_config(value, seed)
+        started = time.perf_counter()
+        history = train(method, images, labels, config, device, progress=False, dataset=self.dataset)
+        _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
+        last = {key: value for key, value in history[-1].items() if key not in ("epoch", "lr", "seconds")}
+        run = {"value": value, "seed": seed, "lr": config.lr, **last,
+               "validation_accuracy": round(max(validation.values()), 6),
+               "seconds": round(time.perf_counter() - started, 1)}
+        if self.diagnostics:
+            _, validation_indices = probe_validation_split(labels)
+            run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
+        return run
+
+    def record(self, runs: list[dict], device: torch.device) -> None:
+        sweeps = manifest_entry(self.method, self.dataset, self.root).get("results", {}).get("sweeps", {})
+        sweeps[self.param] = {**self.settings(), "command": self.command, "device": describe_device(device),
+                              "runs": runs}
+        record_results(self.method, "sweeps", sweeps, self.dataset, self.root)
+
+    def run(self, device: torch.device, report=print) -> list[dict]:
+        """Every value and seed, skipping runs an interrupted sweep recorded; returns the records."""
+        self.check()
+        (images, labels), _ = load_splits(self.dataset, self.limit)
+        done, runs = self.recorded_runs(), []
+        for value in self.values:
+            for seed in self.seeds:
+                if (value, seed) in done:
+                    runs.append(done[(value, seed)])
+                    report(f"{self.method} {self.param}={value} seed {seed}: recorded by an earlier, interrupted "
+                           f"sweep (validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}%)")
+                    continue
+                runs.append(self.run_one(value, seed, images, labels, device))
+                metrics = {k: v for k, v in runs[-1].items() if k not in ("value", "seed", "lr", "diagnostics")}
+                report(f"{self.method} {self.param}={value} seed {seed} (lr {runs[-1]['lr']:.4g}): "
+                       + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                                   if k not in ("validation_accuracy", "seconds"))
+                       + f", validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}% "
+                       f"({runs[-1]['seconds']:.0f} s)")
+                self.record(runs + [r for r in done.values() if r not in runs], device)  # keeps runs still to come
+        self.record(runs, device)
+        return runs
+
+
+# ----------------------------------------------------------------------------- training costs
+
+
+def record_costs(
+    training: dict, device: str, batch_size: int, steps: int, command: str,
+    dataset: str = DEFAULT_DATASET, root: Path | None = None,
+) -> tuple[list[str], list[str]]:
+    """Store one bench run's training cost in the manifest entry of every shipped method it timed.
+
+    All methods of one run share the device, the batch size and the command, so the costs in the
+    README are comparable with each other (never with a run on another machine). Costs an earlier
+    run recorded for methods this run did not time are removed, so the table never mixes runs.
+    Returns ``(recorded, removed)`` names."""
+    with manifest_update(dataset, root) as manifest:
+        shipped = manifest.get("methods", {})
+        recorded = [name for name in training if name in shipped]
+        removed = [name for name in shipped if name not in training and "cost" in shipped[name].get("results", {})]
+        for name in removed:
+            del shipped[name]["results"]["cost"]
+        for name in recorded:
+            result = training[name]
+            shipped[name].setdefault("results", {})["cost"] = {
+                "images_per_second": round(result["images_per_second"], 1),
+                "seconds_per_epoch": round(result["seconds_per_epoch"], 1),
+                "peak_memory_mib": round(result["peak_memory_mib"], 1),
+                "device": device,
+                "batch_size": batch_size,
+                "steps": steps,
+                "command": command,
+            }
+    return recorded, removed
