@@ -6,9 +6,8 @@ the one you trained on another dataset (``python -m sslkit pretrain NAME --datas
 The layout of the package, layer by layer, is in ``docs/design.md``.
 """
 
-__version__ = "0.1.0"
-
 from .methods import BASELINES, METHODS  # noqa: E402
+from .version import __version__  # noqa: E402
 from .weights import load_pretrained  # noqa: E402
 
 __all__ = ["BASELINES", "METHODS", "load_pretrained", "__version__"]

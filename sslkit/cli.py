@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed
+from . import distributed
 from .bench import bench_augmentation, bench_training
 from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, DataNotFoundError, dataset_info
 from .devices import describe_device, resolve_device
@@ -34,6 +34,7 @@ from .pipeline import (
 from .results import README, render_readme, results_table
 from .train import CheckpointMismatchError, NonFiniteLossError
 from .transfer import TRANSFER_REPEATS, load_imagenet_resnet18, transfer
+from .version import __version__
 from .weights import WeightsError, load_manifest, load_pretrained, manifest_entry, record_results, shipped_names
 
 
@@ -150,8 +151,12 @@ def run_pretrain(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if distributed.launched_by_torchrun():
         device = distributed.initialize(device.type)
-    recipe = {"lr": args.lr, "weight_decay": args.weight_decay, "optimizer": args.optimizer,
-              "warmup_epochs": args.warmup_epochs}
+    recipe = {
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "optimizer": args.optimizer,
+        "warmup_epochs": args.warmup_epochs,
+    }
     run = PretrainRun(
         method=args.method,
         dataset=args.dataset,
@@ -211,8 +216,9 @@ def names_to_measure(method: str, dataset: str, root: Path | None, exclude: tupl
     names = [name for name in shipped_names(dataset, root) if name not in exclude]
     if not names:
         option = "" if dataset == DEFAULT_DATASET else f" --dataset {dataset}"
-        raise WeightsError(f"no weights for {dataset} are there yet; train some with "
-                           f"`python -m sslkit pretrain METHOD{option}`")
+        raise WeightsError(
+            f"no weights for {dataset} are there yet; train some with `python -m sslkit pretrain METHOD{option}`"
+        )
     return names
 
 
@@ -432,9 +438,7 @@ def add_sweep_parser(subparsers) -> None:
             "manifest entry, each run's last-epoch training metrics and its validation accuracy."
         ),
     )
-    parser.add_argument(
-        "method", choices=TRAINABLE, metavar="METHOD", help=f"one of: {', '.join(TRAINABLE)}"
-    )
+    parser.add_argument("method", choices=TRAINABLE, metavar="METHOD", help=f"one of: {', '.join(TRAINABLE)}")
     parser.add_argument("param", metavar="PARAM", help="the setting to vary")
     parser.add_argument("values", type=int_or_float, nargs="+", metavar="VALUE", help="its values")
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
@@ -640,8 +644,15 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{memory_kind} {result['peak_memory_mib']:.0f} MiB"
         )
     if args.record:
-        recorded, removed = record_costs(training, describe_device(device), args.batch_size, args.steps,
-                                         args.command_line, args.dataset, args.weights)
+        recorded, removed = record_costs(
+            training,
+            describe_device(device),
+            args.batch_size,
+            args.steps,
+            args.command_line,
+            args.dataset,
+            args.weights,
+        )
         print(f"\nrecorded results.cost for {', '.join(recorded) or 'no shipped method'}")
         if removed:
             print(
@@ -682,4 +693,3 @@ def main(argv: list[str] | None = None) -> int:
         # Errors whose cause we know: one clear message, no traceback from deep inside torch.
         print(f"error: {error}", file=sys.stderr)
         return 2
-

@@ -77,8 +77,9 @@ class Method(nn.Module):
     def config(self) -> dict:
         """The constructor's arguments, JSON-ready: stored in checkpoints and the manifest."""
         arguments = {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
-        return {name: value.to_dict() if isinstance(value, AugmentConfig) else value
-                for name, value in arguments.items()}
+        return {
+            name: value.to_dict() if isinstance(value, AugmentConfig) else value for name, value in arguments.items()
+        }
 
     @classmethod
     def from_config(cls, config: dict) -> Method:

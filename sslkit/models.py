@@ -24,8 +24,15 @@ RESNET_CONFIG = {"architecture": "resnet", "widths": [32, 64, 128]}
 # like the ResNet's). Sized by measured speed, like the ResNet: on 2 CPU cores its features of the 70,000
 # images take about 3× the ResNet's time (the skip-mode notebook computes them); MLPs of 2× the width
 # (rather than ViT's 4×) keep it there.
-VIT_CONFIG = {"architecture": "vit", "patch_size": 4, "dim": 128, "depth": 4, "heads": 4, "mlp_ratio": 2,
-              "position": "sincos"}
+VIT_CONFIG = {
+    "architecture": "vit",
+    "patch_size": 4,
+    "dim": 128,
+    "depth": 4,
+    "heads": 4,
+    "mlp_ratio": 2,
+    "position": "sincos",
+}
 # The raw-pixel baseline: no network, no normalisation (the linear probe standardises its features).
 PIXELS_CONFIG = {"architecture": "pixels"}
 ARCHITECTURES = {"resnet": RESNET_CONFIG, "vit": VIT_CONFIG, "pixels": PIXELS_CONFIG}
@@ -113,8 +120,13 @@ class ResNetEncoder(nn.Module):
         self.feature_dim = widths[-1]
 
     def config(self) -> dict:
-        return {"architecture": "resnet", "widths": self.widths, "in_channels": self.in_channels,
-                "image_size": self.image_size, **self.statistics}
+        return {
+            "architecture": "resnet",
+            "widths": self.widths,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            **self.statistics,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (self.image_size, self.image_size):
@@ -459,8 +471,10 @@ def build_encoder(config: dict) -> ResNetEncoder | ViTEncoder | PixelFeatures:
     config = dict(config)
     architecture = config.pop("architecture", None)
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"an encoder config names its architecture ({', '.join(ARCHITECTURES)}), got {architecture!r}"
-                         "; build one with models.encoder_config(dataset, architecture)")
+        raise ValueError(
+            f"an encoder config names its architecture ({', '.join(ARCHITECTURES)}), got {architecture!r}"
+            "; build one with models.encoder_config(dataset, architecture)"
+        )
     network = {"resnet": ResNetEncoder, "vit": ViTEncoder, "pixels": PixelFeatures}[architecture]
     return network(**config)
 

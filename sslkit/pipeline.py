@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed
+from . import distributed
 from .data import DEFAULT_DATASET, dataset_info, load_dataset, locate
 from .devices import describe_device
 from .geometry import alignment_and_uniformity, embedding_diagnostics
@@ -35,6 +35,7 @@ from .protocol import (
 )
 from .train import TrainConfig, train
 from .transfer import TRANSFER_REPEATS, transfer
+from .version import __version__
 from .weights import load_pretrained, load_probe, manifest_entry, manifest_update, publish, record_results
 
 REPRODUCTION_TOLERANCE = 0.002  # 0.2 points: features on another device or torch build differ in the last bits
@@ -74,8 +75,14 @@ class PretrainRun:
 
     def train_config(self) -> TrainConfig:
         recipe = {**method_class(self.method).recipe, **(self.recipe or {})}
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, amp=self.amp,
-                           steps_per_epoch=self.steps_per_epoch, **recipe)
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            amp=self.amp,
+            steps_per_epoch=self.steps_per_epoch,
+            **recipe,
+        )
 
 
 def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
@@ -86,8 +93,12 @@ def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
     if dataset_info(run.dataset).channels == 3:  # the transfer task's files: missing, they stop the run early
         for split in ("train", "test"):
             locate("cifar100", split)
-    entry = {"command": run.command, "torch_version": torch.__version__, "sslkit_version": __version__,
-             "kind": "method" if SPECS[run.method].self_supervised else "baseline"}
+    entry = {
+        "command": run.command,
+        "torch_version": torch.__version__,
+        "sslkit_version": __version__,
+        "kind": "method" if SPECS[run.method].self_supervised else "baseline",
+    }
     history: list[dict] = []
     if SPECS[run.method].method_class is None:
         encoder = build_untrained_encoder(run.method, run.dataset, seed=run.seed)
@@ -101,8 +112,9 @@ def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
         entry.update(fields_of_run)
     print(f"evaluating {run.method} with the linear-probe protocol ...", flush=True)
     started = time.perf_counter()
-    probe, entry["results"] = evaluate_new_encoder(encoder, (train_images, train_labels),
-                                                   (test_images, test_labels), run.dataset, device, run.limit)
+    probe, entry["results"] = evaluate_new_encoder(
+        encoder, (train_images, train_labels), (test_images, test_labels), run.dataset, device, run.limit
+    )
     written = publish(run.method, {**state, **probe.state_dict()}, entry, history, run.dataset, run.root)
     results = entry["results"]
     print(
@@ -117,24 +129,39 @@ def train_method(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor, d
     """``(method, history, manifest fields)`` of the training half of ``pretrain``."""
     unknown = set(run.settings or {}) - set(method_settings(run.method))
     if unknown:
-        raise ValueError(f"{', '.join(sorted(unknown))} does not apply to {run.method}; its settings are "
-                         f"{', '.join(method_settings(run.method))}")
+        raise ValueError(
+            f"{', '.join(sorted(unknown))} does not apply to {run.method}; its settings are "
+            f"{', '.join(method_settings(run.method))}"
+        )
     method = build_method(run.method, run.dataset, seed=run.seed, **(run.settings or {}))
     config = run.train_config()
     checkpoint = run.checkpoint or Path("checkpoints") / f"{run.method}.ckpt"
-    history = train(method, images, labels, config, device, checkpoint, progress=run.progress,
-                    compile_model=run.compile_model, dataset=run.dataset)
+    history = train(
+        method,
+        images,
+        labels,
+        config,
+        device,
+        checkpoint,
+        progress=run.progress,
+        compile_model=run.compile_model,
+        dataset=run.dataset,
+    )
     processes = distributed.world_size()
     seconds = sum(record["seconds"] for record in history)
-    return method, history, {
-        "config": method.config(),
-        "train": config.to_dict(),
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "device": describe_device(device) + (f" × {processes} processes" if processes > 1 else ""),
-        "wall_time_seconds": round(seconds, 1),
-        "seconds_per_epoch": round(seconds / len(history), 2),
-    }
+    return (
+        method,
+        history,
+        {
+            "config": method.config(),
+            "train": config.to_dict(),
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "device": describe_device(device) + (f" × {processes} processes" if processes > 1 else ""),
+            "wall_time_seconds": round(seconds, 1),
+            "seconds_per_epoch": round(seconds / len(history), 2),
+        },
+    )
 
 
 def evaluate_new_encoder(encoder, train_data: Split, test_data: Split, dataset: str, device, limit=None):
@@ -176,8 +203,7 @@ def evaluate_shipped(
         test_data[1],
         probe=load_probe(name, dataset, root),
     )
-    return {"linear_probe": evaluation.probe_accuracy, "macro_f1": evaluation.macro_f1,
-            "knn": evaluation.knn_accuracy}
+    return {"linear_probe": evaluation.probe_accuracy, "macro_f1": evaluation.macro_f1, "knn": evaluation.knn_accuracy}
 
 
 def differences_from_manifest(
@@ -322,8 +348,11 @@ class Sweep:
         previous = sweeps.get(self.param, {})
         if any(previous.get(key) != value for key, value in self.settings().items()):
             return {}
-        return {(run["value"], run.get("seed", 0)): run for run in previous.get("runs", [])
-                if "diagnostics" in run or not self.diagnostics}
+        return {
+            (run["value"], run.get("seed", 0)): run
+            for run in previous.get("runs", [])
+            if "diagnostics" in run or not self.diagnostics
+        }
 
     def train_config(self, value, seed: int) -> TrainConfig:
         recipe = {**method_class(self.method).recipe, "warmup_epochs": self.settings()["warmup_epochs"]}
@@ -343,9 +372,14 @@ class Sweep:
         history = train(method, images, labels, config, device, progress=False, dataset=self.dataset)
         _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
         last = {key: value for key, value in history[-1].items() if key not in ("epoch", "lr", "seconds")}
-        run = {"value": value, "seed": seed, "lr": config.lr, **last,
-               "validation_accuracy": round(max(validation.values()), 6),
-               "seconds": round(time.perf_counter() - started, 1)}
+        run = {
+            "value": value,
+            "seed": seed,
+            "lr": config.lr,
+            **last,
+            "validation_accuracy": round(max(validation.values()), 6),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         if self.diagnostics:
             _, validation_indices = probe_validation_split(labels)
             run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
@@ -353,8 +387,12 @@ class Sweep:
 
     def record(self, runs: list[dict], device: torch.device) -> None:
         sweeps = manifest_entry(self.method, self.dataset, self.root).get("results", {}).get("sweeps", {})
-        sweeps[self.param] = {**self.settings(), "command": self.command, "device": describe_device(device),
-                              "runs": runs}
+        sweeps[self.param] = {
+            **self.settings(),
+            "command": self.command,
+            "device": describe_device(device),
+            "runs": runs,
+        }
         record_results(self.method, "sweeps", sweeps, self.dataset, self.root)
 
     def run(self, device: torch.device, report=print) -> list[dict]:
@@ -366,16 +404,21 @@ class Sweep:
             for seed in self.seeds:
                 if (value, seed) in done:
                     runs.append(done[(value, seed)])
-                    report(f"{self.method} {self.param}={value} seed {seed}: recorded by an earlier, interrupted "
-                           f"sweep (validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}%)")
+                    report(
+                        f"{self.method} {self.param}={value} seed {seed}: recorded by an earlier, interrupted "
+                        f"sweep (validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}%)"
+                    )
                     continue
                 runs.append(self.run_one(value, seed, images, labels, device))
                 metrics = {k: v for k, v in runs[-1].items() if k not in ("value", "seed", "lr", "diagnostics")}
-                report(f"{self.method} {self.param}={value} seed {seed} (lr {runs[-1]['lr']:.4g}): "
-                       + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                                   if k not in ("validation_accuracy", "seconds"))
-                       + f", validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}% "
-                       f"({runs[-1]['seconds']:.0f} s)")
+                report(
+                    f"{self.method} {self.param}={value} seed {seed} (lr {runs[-1]['lr']:.4g}): "
+                    + ", ".join(
+                        f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("validation_accuracy", "seconds")
+                    )
+                    + f", validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}% "
+                    f"({runs[-1]['seconds']:.0f} s)"
+                )
                 self.record(runs + [r for r in done.values() if r not in runs], device)  # keeps runs still to come
         self.record(runs, device)
         return runs
@@ -385,8 +428,13 @@ class Sweep:
 
 
 def record_costs(
-    training: dict, device: str, batch_size: int, steps: int, command: str,
-    dataset: str = DEFAULT_DATASET, root: Path | None = None,
+    training: dict,
+    device: str,
+    batch_size: int,
+    steps: int,
+    command: str,
+    dataset: str = DEFAULT_DATASET,
+    root: Path | None = None,
 ) -> tuple[list[str], list[str]]:
     """Store one bench run's training cost in the manifest entry of every shipped method it timed.
 

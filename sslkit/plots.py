@@ -280,7 +280,8 @@ def show_retrieval(
 
 def save_figure(fig: plt.Figure, name: str) -> None:
     """Save ``fig`` as ``images/<name>.png`` in the repository, where the README shows it, when that file
-    does not exist yet or ``$SSLKIT_SAVE_FIGURES`` is 1 (``make notebooks`` sets it). Running a notebook (a reader, or the tests) never rewrites the committed figures otherwise."""
+    does not exist yet or ``$SSLKIT_SAVE_FIGURES`` is 1 (``make notebooks`` sets it). Otherwise running a
+    notebook (a reader, or the tests) never rewrites the committed figures."""
     if not IMAGES_DIR.is_dir():
         raise FileNotFoundError(f"{IMAGES_DIR} does not exist: save_figure writes into a checkout of the repository")
     path = IMAGES_DIR / f"{name}.png"

@@ -148,9 +148,7 @@ def select_and_fit_linear_probe(
     Returns the refitted probe and the validation accuracy of every candidate.
     """
     fit_indices, val_indices = probe_validation_split(train_labels)
-    best, val_accuracy = best_probe_on_validation(
-        train_features, train_labels, fit_indices, val_indices, weight_decays
-    )
+    best, val_accuracy = best_probe_on_validation(train_features, train_labels, fit_indices, val_indices, weight_decays)
     return fit_linear_probe(train_features, train_labels, best.weight_decay, init=best), val_accuracy
 
 

@@ -357,8 +357,10 @@ def train(
         state.history.append(record)
         state.epoch += 1
         if progress:
-            tqdm.write(f"{method.name} epoch {state.epoch}/{config.epochs}: " + ", ".join(
-                f"{key}={value:.4g}" for key, value in record.items() if key != "epoch"))
+            tqdm.write(
+                f"{method.name} epoch {state.epoch}/{config.epochs}: "
+                + ", ".join(f"{key}={value:.4g}" for key, value in record.items() if key != "epoch")
+            )
         if checkpoint_path is not None:
             state.save(Path(checkpoint_path), identity)
     method.eval()

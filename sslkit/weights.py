@@ -213,10 +213,16 @@ def publish(
     """Write ``<name>.pth`` (and its history), then record file hashes and ``entry`` in the manifest."""
     spec(name)
     directory = weights_dir(dataset, root)
-    path = save_torch_atomically({key: value.detach().cpu().contiguous() for key, value in state.items()},
-                                 directory / f"{name}.pth")
-    entry = {**entry, "dataset": dataset, "file": path.name, "sha256": sha256_file(path),
-             "size_bytes": path.stat().st_size}
+    path = save_torch_atomically(
+        {key: value.detach().cpu().contiguous() for key, value in state.items()}, directory / f"{name}.pth"
+    )
+    entry = {
+        **entry,
+        "dataset": dataset,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size,
+    }
     if history:
         history_file = write_text_atomically(directory / f"{name}.history.json", json.dumps(history, indent=1) + "\n")
         entry.update(history_file=history_file.name, history_sha256=sha256_file(history_file))
