@@ -1,6 +1,6 @@
 # The commands of the README:
 #   make lab           set everything up and open the series in JupyterLab
-#   make test          set everything up and run the unit tests and the notebooks (pytest --nbval)
+#   make test          set everything up, check the code with ruff, run the unit tests and the notebooks (pytest --nbval)
 #   make test-browser  every notebook in JupyterLab in Chromium (CI runs it after make test)
 # Other targets: make setup | data | chromium | notebooks | lint | bench | results | clean
 
@@ -18,7 +18,7 @@ ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 lab: setup data
 	$(BIN)/jupyter lab notebooks/ $(ALLOW_ROOT)
 
-test: setup data
+test: setup data lint
 	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
 
 # The notebooks in a real browser: JupyterLab + Chromium (Playwright), screenshots in e2e/screenshots/.
@@ -64,9 +64,10 @@ data:
 notebooks: setup data
 	SSLKIT_SAVE_FIGURES=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
 
+# ruff's rules and formatting (pyproject.toml), on the code; the notebooks are checked by running them.
 lint: setup
-	$(BIN)/python -m pip install --quiet ruff
-	$(BIN)/ruff check sslkit tests
+	$(BIN)/ruff check sslkit tests e2e
+	$(BIN)/ruff format --check sslkit tests e2e
 
 bench: setup data
 	$(BIN)/python -m sslkit bench
