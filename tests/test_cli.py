@@ -27,7 +27,7 @@ def test_every_command_explains_its_options(command):
         (["pretrain", "simclr", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["pretrain", "byol"], "invalid choice: 'byol'"),
         (["evaluate", "byol"], "unknown method 'byol'; methods are autoencoder"),
-        (["pretrain", "supervised", "--temperature", "0.5"], "--temperature does not apply to supervised"),
+        (["pretrain", "supervised", "--temperature", "0.5"], "temperature does not apply to supervised; its settings"),
         (["finetune", "pixels"], "'pixels' has no network to fine-tune"),
         (["finetune", "simclr", "--fractions", "2"], "--fractions must be in (0, 1]"),
         (["sweep", "vae", "gamma", "1"], "vae has no setting 'gamma'; choose one of batch_size, beta"),
@@ -316,7 +316,7 @@ def test_finetune_and_sweep_record_their_results_in_the_manifest(tmp_path):
 
 
 def test_mae_and_its_random_vit_baseline_publish_vit_encoders(tmp_path):
-    from sslkit.models import VIT_CONFIG, ViTEncoder
+    from sslkit.models import ViTEncoder, encoder_config
     from sslkit.weights import load_method, load_pretrained
 
     out = tmp_path / "weights"
@@ -340,11 +340,12 @@ def test_mae_and_its_random_vit_baseline_publish_vit_encoders(tmp_path):
         )
         assert result.returncode == 0, result.stderr
     entries = json.loads((out / "manifest.json").read_text())["methods"]
-    assert entries["mae"]["config"]["encoder"] == entries["random_vit"]["config"]["encoder"] == VIT_CONFIG
+    vit = encoder_config("fashion-mnist", "vit")
+    assert entries["mae"]["config"]["encoder_config"] == entries["random_vit"]["config"]["encoder_config"] == vit
     assert entries["mae"]["config"]["mask_ratio"] == 0.75 and entries["random_vit"]["epochs"] == 0
     for name in ("mae", "random_vit"):
-        encoder = load_pretrained(name, directory=out)
+        encoder = load_pretrained(name, root=out)
         assert isinstance(encoder, ViTEncoder) and encoder(torch.rand(3, 1, 28, 28)).shape == (3, 128)
-    mae = load_method("mae", directory=out)  # encoder and decoder, for the reconstructions of notebook 07
+    mae = load_method("mae", root=out)  # encoder and decoder, for the reconstructions of notebook 07
     masked, reconstruction = mae.reconstruct(torch.rand(2, 1, 28, 28), 0.75)
     assert masked.shape == reconstruction.shape == (2, 1, 28, 28)

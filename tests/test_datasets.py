@@ -8,18 +8,19 @@ import json
 import pickle
 import shutil
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from sslkit import data, load_pretrained
-from sslkit.__main__ import main
 from sslkit.augment import SIMCLR_AUGMENT, SUPERVISED_AUGMENT
+from sslkit.cli import main
 from sslkit.data import DataNotFoundError, load_cifar100_transfer, load_dataset, to_float
-from sslkit.evaluate import ImageNetResNet18, load_imagenet_resnet18
-from sslkit.methods import METHOD_CLASSES, build_method
-from sslkit.models import ENCODER_CONFIG, VIT_CONFIG, ResNetEncoder, build_encoder, encoder_config
+from sslkit.methods import TRAINABLE, build_method
+from sslkit.models import RESNET_CONFIG, VIT_CONFIG, ResNetEncoder, build_encoder, encoder_config
+from sslkit.transfer import ImageNetResNet18, ReferenceWeightsError, load_imagenet_resnet18
 from sslkit.weights import WeightsError
 
 MNIST_SIZES = {"train": 300, "t10k": 100}
@@ -208,7 +209,11 @@ def test_a_cifar_batch_of_the_wrong_size_is_reported(tmp_path, monkeypatch):
 
 
 def test_the_fashion_mnist_configs_are_the_shipped_ones_and_others_take_the_datasets_shape():
-    assert encoder_config() == ENCODER_CONFIG and encoder_config("fashion-mnist", "vit") == VIT_CONFIG
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "weights" / "manifest.json").read_text())["methods"]
+    resnet, vit = encoder_config(), encoder_config("fashion-mnist", "vit")
+    assert resnet == shipped["simclr"]["config"]["encoder_config"] and vit == shipped["mae"]["config"]["encoder_config"]
+    fashion = {"in_channels": 1, "image_size": 28, "mean": [0.286], "std": [0.353]}
+    assert resnet == {**RESNET_CONFIG, **fashion} and vit == {**VIT_CONFIG, **fashion}
     cifar = encoder_config("cifar10")
     assert cifar["in_channels"] == 3 and cifar["image_size"] == 32 and len(cifar["mean"]) == 3
     assert (
@@ -230,14 +235,13 @@ def test_the_encoder_normalises_each_channel_with_the_datasets_statistics():
     with pytest.raises(ValueError, match=r"expects images \[N, 3, 32, 32\]"):
         encoder(torch.rand(4, 3, 28, 28))
     with pytest.raises(ValueError, match="one mean and one std per input channel"):
-        ResNetEncoder(in_channels=3, mean=[0.5], std=[0.5])
+        ResNetEncoder([32, 64, 128], in_channels=3, image_size=32, mean=[0.5], std=[0.5])
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-@pytest.mark.parametrize("name", sorted(METHOD_CLASSES))
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_every_method_trains_a_step_on_the_datasets_images(dataset, name):
-    torch.manual_seed(0)
-    method = build_method(name, dataset)
+    method = build_method(name, dataset, seed=0)
     info = data.DATASETS[dataset]
     images = torch.rand(8, *info.shape)
     out = method.training_step(images, torch.arange(8) % 10, torch.Generator().manual_seed(0))
@@ -285,7 +289,7 @@ def imagenet_offline(monkeypatch):
 
 
 def test_the_imagenet_reference_offline_is_a_clear_error(imagenet_offline):
-    with pytest.raises(WeightsError, match="could not be downloaded .*optional reference"):
+    with pytest.raises(ReferenceWeightsError, match="could not be downloaded .*optional reference"):
         load_imagenet_resnet18()
 
 
@@ -317,7 +321,7 @@ def pretrain(name, dataset, *extra):
 
 # Every trainable method on both datasets, and on CIFAR-10 the three baselines too (their pixels and
 # random networks take the dataset's shape).
-PUBLISHED = {"mnist": sorted(METHOD_CLASSES), "cifar10": sorted(METHOD_CLASSES) + ["random", "random_vit", "pixels"]}
+PUBLISHED = {"mnist": list(TRAINABLE), "cifar10": [*TRAINABLE, "random", "random_vit", "pixels"]}
 
 
 @pytest.fixture(scope="module")
@@ -358,27 +362,34 @@ def test_a_two_step_pretrain_on_each_dataset_publishes_weights_that_load_and_rep
         assert expected_task in entry["results"]["transfer"]["dataset"]
         encoder = load_pretrained(name, dataset=dataset)
         assert encoder(torch.rand(2, *info.shape)).shape == (2, entry["results"]["feature_dim"])
-        if entry["config"]["encoder"] is not None:
-            assert entry["config"]["encoder"]["in_channels"] == info.channels
+        assert entry["config"]["encoder_config"]["in_channels"] == info.channels
+        assert entry["config"]["encoder_config"]["image_size"] == info.image_size
     if dataset == "cifar10":
         assert entries["pixels"]["results"]["feature_dim"] == 3 * 32 * 32
-        assert entries["mae"]["config"]["encoder"]["image_size"] == 32
+        assert entries["mae"]["config"]["encoder_config"]["image_size"] == 32
     assert main(["evaluate", "all", "--dataset", dataset, "--limit", "120"]) == 0  # reproduces the manifest
     table = capsys.readouterr().out
     assert all(name in table for name in names)
 
 
-def test_weights_of_one_dataset_are_not_loaded_as_anothers(weights, capsys):
+def test_weights_of_one_dataset_are_not_loaded_as_anothers(weights, tmp_path, capsys):
     with pytest.raises(WeightsError, match="no weights for 'pixels' are in .*mnist yet.*pixels --dataset mnist"):
         load_pretrained("pixels", dataset="mnist")
+    misplaced = tmp_path / "misplaced"  # a root whose mnist/ folder holds CIFAR-10's weights
+    shutil.copytree(weights / "cifar10", misplaced / "mnist")
     with pytest.raises(WeightsError, match="trained on CIFAR-10, not on MNIST"):
-        load_pretrained("simclr", directory=weights / "cifar10", dataset="mnist")
+        load_pretrained("simclr", dataset="mnist", root=misplaced)
+    # The root is the folder of Fashion-MNIST's weights: naming a dataset's own folder as the root is refused.
     with pytest.raises(WeightsError, match="trained on MNIST, not on Fashion-MNIST"):
-        load_pretrained("simclr", directory=weights / "mnist", dataset="fashion-mnist")
-    assert load_pretrained("simclr", directory=weights / "cifar10").config()["in_channels"] == 3
+        load_pretrained("simclr", dataset="fashion-mnist", root=weights / "mnist")
+    assert load_pretrained("simclr", dataset="cifar10", root=weights).config()["in_channels"] == 3
     capsys.readouterr()
-    assert main(["evaluate", "simclr", "--dataset", "mnist", "--weights", str(weights / "cifar10")]) == 2
+    assert main(["evaluate", "simclr", "--dataset", "mnist", "--weights", str(misplaced)]) == 2
     assert "trained on CIFAR-10, not on MNIST" in capsys.readouterr().err
+    assert main(["evaluate", "simclr", "--weights", str(weights / "mnist")]) == 2
+    assert "trained on MNIST, not on Fashion-MNIST" in capsys.readouterr().err
+    # --weights names the root; MNIST's weights are found in ROOT/mnist/ and reproduce their record.
+    assert main(["evaluate", "simclr", "--dataset", "mnist", "--weights", str(weights), "--limit", "120"]) == 0
 
 
 def test_the_other_commands_take_the_dataset_too(weights, capsys, imagenet_offline):

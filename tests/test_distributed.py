@@ -67,8 +67,8 @@ def test_two_process_pretraining_writes_one_checkpoint_one_history_and_publishes
     entry = json.loads((out / "manifest.json").read_text())["methods"]["vicreg"]
     assert entry["device"].endswith("× 2 processes") and entry["batch_size"] == 64
     checkpoint = torch.load(tmp_path / "run.ckpt", weights_only=True)
-    assert checkpoint["processes"] == 2 and len(checkpoint["augment_rng_per_process"]) == 2
-    assert not torch.equal(*checkpoint["augment_rng_per_process"])  # each process draws its own views
+    assert checkpoint["identity"]["processes"] == 2 and len(checkpoint["rng"]["augment"]) == 2
+    assert not torch.equal(*checkpoint["rng"]["augment"])  # each process draws its own views
 
     # Resuming with another number of processes would change the run: refused with a clear message.
     single = subprocess.run(
@@ -98,7 +98,8 @@ def test_two_process_pretraining_writes_one_checkpoint_one_history_and_publishes
         text=True,
         timeout=600,
     )
-    assert single.returncode == 2 and "was written for a different run (processes differs: 2 vs 1)" in single.stderr
+    assert single.returncode == 2
+    assert "written by a different run (processes: 2 in the checkpoint, 1 now)" in single.stderr
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):

@@ -1,3 +1,5 @@
+"""The evaluation: the protocol (linear probe, kNN, metrics), feature geometry, transfer and fine-tuning."""
+
 import math
 
 import pytest
@@ -7,35 +9,35 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import f1_score
 
 from sslkit.data import validation_split
-from sslkit.evaluate import (
-    FineTuneConfig,
-    LinearProbe,
-    accuracy,
+from sslkit.finetune import FineTuneConfig, fine_tune, fine_tune_subset, low_label_linear_probe
+from sslkit.geometry import (
     alignment,
-    confusion_matrix,
+    alignment_and_uniformity,
     effective_rank,
     embedding_diagnostics,
-    fine_tune,
-    fine_tune_subset,
+    singular_values,
+    uniformity,
+)
+from sslkit.methods import build_method
+from sslkit.models import build_encoder, encoder_config
+from sslkit.protocol import (
+    LinearProbe,
+    accuracy,
+    confusion_matrix,
     fit_linear_probe,
-    geometry,
     knn_predict,
-    low_label_linear_probe,
     macro_f1,
     per_class_accuracy,
     select_and_fit_linear_probe,
-    singular_values,
-    transfer_probe,
-    uniformity,
 )
-from sslkit.models import build_encoder
+from sslkit.transfer import transfer_probe
 
 
-def blobs(n=600, d=8, seed=0, spread=1.5):
-    """Ten Gaussian clusters in d dimensions with labels 0..9."""
+def blobs(n=600, d=8, seed=0, spread=1.5, classes=10):
+    """``classes`` Gaussian clusters in d dimensions with labels 0..classes-1."""
     generator = torch.Generator().manual_seed(seed)
-    centers = 3 * torch.randn(10, d, generator=generator)
-    labels = torch.arange(n) % 10
+    centers = 3 * torch.randn(classes, d, generator=generator)
+    labels = torch.arange(n) % classes
     return centers[labels] + spread * torch.randn(n, d, generator=generator), labels
 
 
@@ -87,19 +89,31 @@ def test_low_label_probe_fits_the_fine_tuning_subset_and_chooses_on_the_validati
     assert 0.5 < result["test_accuracy"] < 1
 
 
-def test_knn_matches_a_brute_force_vote():
-    train, train_labels = blobs(n=300, d=6, seed=1)
-    query, _ = blobs(n=40, d=6, seed=2)
+@pytest.mark.parametrize("classes", [10, 20])
+def test_knn_matches_a_brute_force_vote(classes):
+    train, train_labels = blobs(n=300, d=6, seed=1, classes=classes)
+    query, _ = blobs(n=40, d=6, seed=2, classes=classes)
     k, temperature = 15, 0.1
     expected = []
     for q in query:
         similarity = torch.nn.functional.cosine_similarity(train, q[None], dim=1)
         top = similarity.argsort(descending=True)[:k]
-        votes = torch.zeros(10)
+        votes = torch.zeros(classes)
         for i in top:
             votes[train_labels[i]] += torch.exp(similarity[i] / temperature)
         expected.append(votes.argmax())
     assert torch.equal(knn_predict(train, train_labels, query, k=k, temperature=temperature), torch.stack(expected))
+
+
+def test_probe_and_knn_take_their_classes_from_the_labels_twenty_as_well_as_ten():
+    features, labels = blobs(n=1000, d=8, spread=0.3, classes=20)
+    query, query_labels = blobs(n=200, d=8, seed=0, spread=0.3, classes=20)
+    probe = fit_linear_probe(features, labels, 1e-4)
+    assert probe.weight.shape == (20, 8) and probe.bias.shape == (20,)
+    assert probe.logits(query).shape == (200, 20)
+    for predictions in (probe.predict(query), knn_predict(features, labels, query, k=20)):
+        assert set(predictions.tolist()) == set(range(20))  # classes 10 to 19 are predicted too
+        assert accuracy(predictions, query_labels) > 0.9
 
 
 def test_metrics_match_scikit_learn():
@@ -146,7 +160,7 @@ def test_fine_tune_learns_and_is_deterministic(train_data, test_data):
 
     def run():
         torch.manual_seed(0)
-        return fine_tune(build_encoder(), train_slice, test_slice, fraction=0.2, seed=0, config=config)
+        return fine_tune(build_encoder(encoder_config()), train_slice, test_slice, fraction=0.2, seed=0, config=config)
 
     first, second = run(), run()
     assert first == second
@@ -154,6 +168,19 @@ def test_fine_tune_learns_and_is_deterministic(train_data, test_data):
     # 400 labels / 64 = 6 steps an epoch, 10 epochs, evaluated every 3rd epoch and at the end.
     assert [point["step"] for point in first["curve"]] == [18, 36, 54, 60]
     assert first["curve"][-1]["loss"] < first["curve"][0]["loss"]
+
+
+def test_fine_tuning_leaves_the_global_random_generator_alone(train_data, test_data):
+    train_slice = (train_data[0][:500], train_data[1][:500])
+    test_slice = (test_data[0][:100], test_data[1][:100])
+    config = FineTuneConfig(steps=3, batch_size=32, evaluations=1)
+    encoder = build_encoder(encoder_config())
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    first = fine_tune(encoder, train_slice, test_slice, fraction=0.2, seed=0, config=config)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(2)  # another global state: the run draws only from its own seed
+    assert fine_tune(encoder, train_slice, test_slice, fraction=0.2, seed=0, config=config) == first
 
 
 # ----------------------------------------------------------------------------------- geometry
@@ -185,19 +212,28 @@ def test_uniformity_hand_checked_values():
     assert uniformity(points) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 7, 50, 64, 1000])
+def test_uniformity_in_chunks_equals_the_formula_over_all_pairwise_distances(chunk_size):
+    features = torch.randn(64, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = 2.0
+    distances = torch.nn.functional.pdist(torch.nn.functional.normalize(features, dim=1))  # the N(N-1)/2 pairs
+    expected = torch.exp(-t * distances**2).mean().log().item()
+    assert abs(uniformity(features, t, chunk_size=chunk_size) - expected) < 1e-12
+
+
 def test_geometry_is_seeded_and_sees_collapse(test_data):
     images = test_data[0][:200]
-    encoder = build_encoder()
-    first, second = geometry(encoder, images, seed=1), geometry(encoder, images, seed=1)
-    assert first == second
-    assert geometry(encoder, images, seed=2) != first
+    encoder = build_encoder(encoder_config())
+    first = alignment_and_uniformity(encoder, images, seed=1)
+    assert first == alignment_and_uniformity(encoder, images, seed=1)
+    assert alignment_and_uniformity(encoder, images, seed=2) != first
     assert 0 < first["alignment"] < 4 and first["uniformity"] < 0
 
     class Collapsed(torch.nn.Module):
         def forward(self, x):
             return torch.ones(len(x), 8)
 
-    collapsed = geometry(Collapsed(), images)
+    collapsed = alignment_and_uniformity(Collapsed(), images)
     assert collapsed["alignment"] == 0.0 and collapsed["uniformity"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -215,10 +251,7 @@ def test_singular_values_and_effective_rank_hand_checked():
 
 
 def test_embedding_diagnostics_see_a_collapsed_projector(test_data):
-    from sslkit.methods import build_method
-
-    torch.manual_seed(0)
-    method = build_method("vicreg")
+    method = build_method("vicreg", seed=0)
     images = test_data[0][:256]
     healthy = embedding_diagnostics(method, images)
     with torch.no_grad():  # a projector whose last layer outputs a constant: complete collapse

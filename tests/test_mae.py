@@ -13,6 +13,7 @@ from sslkit.models import (
     ViTEncoder,
     build_encoder,
     count_parameters,
+    encoder_config,
     patchify,
     random_masking,
     sincos_position_embedding,
@@ -141,8 +142,10 @@ def test_attention_against_explicit_softmax_per_head():
 
 
 def test_vit_encoder_shapes_config_and_visible_tokens():
-    encoder = build_encoder(VIT_CONFIG)
-    assert isinstance(encoder, ViTEncoder) and encoder.config() == VIT_CONFIG
+    config = encoder_config("fashion-mnist", "vit")
+    assert config == {**VIT_CONFIG, "in_channels": 1, "image_size": 28, "mean": [0.286], "std": [0.353]}
+    encoder = build_encoder(config)
+    assert isinstance(encoder, ViTEncoder) and encoder.config() == config
     images = torch.rand(4, 1, 28, 28)
     assert encoder(images).shape == (4, 128)
     assert encoder.tokens(images).shape == (4, 49, 128)
@@ -153,13 +156,12 @@ def test_vit_encoder_shapes_config_and_visible_tokens():
         encoder(torch.rand(4, 1, 32, 32))
     # The fixed embedding is a buffer (never trained); the learned one is a parameter.
     assert "position_embedding" not in dict(encoder.named_parameters())
-    learned = ViTEncoder(position="learned")
+    learned = build_encoder({**config, "position": "learned"})
     assert "position_embedding" in dict(learned.named_parameters())
 
 
 def test_mae_encodes_only_visible_patches_and_decodes_all():
-    torch.manual_seed(0)
-    mae = build_method("mae")
+    mae = build_method("mae", seed=0)
     images = torch.rand(4, 1, 28, 28)
     out = mae.predict(images, generator=torch.Generator().manual_seed(0))
     assert out["predictions"].shape == out["patches"].shape == (4, 49, 16)
@@ -173,4 +175,4 @@ def test_mae_encodes_only_visible_patches_and_decodes_all():
     assert torch.equal(reconstruction[visible], images[visible])  # visible patches are pasted back as they are
     assert 0 <= reconstruction.min() and reconstruction.max() <= 1
     with pytest.raises(ValueError, match="ViT encoder"):
-        build_method("mae", encoder_config={"widths": [32, 64, 128], "in_channels": 1})
+        build_method("mae", encoder_config=encoder_config("fashion-mnist", "resnet"))

@@ -4,15 +4,17 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from sslkit.evaluate import low_label_linear_probe
+from sslkit.data import FASHION_MNIST
+from sslkit.finetune import low_label_linear_probe
 from sslkit.notebook import (
     FEW_LABELS,
-    FrozenEvaluation,
+    FrozenEvaluationReport,
     print_frozen_against_fine_tuned,
     print_gain_over_scratch,
     print_label_efficiency,
     setup,
 )
+from sslkit.protocol import FrozenEvaluation
 from sslkit.weights import save_manifest
 
 
@@ -80,7 +82,17 @@ def test_frozen_evaluation_reports_per_class_accuracy_and_the_largest_confusions
     predictions = labels.clone()
     predictions[labels == 6] = torch.tensor([0, 0, 0, 0, 2, 2, 6, 6, 6, 6])  # shirts: 4 → T-shirt, 2 → pullover
     predictions[labels == 4] = torch.tensor([2, 4, 4, 4, 4, 4, 4, 4, 4, 4])  # one coat → pullover
-    evaluation = FrozenEvaluation(torch.zeros(1), torch.zeros(1), None, predictions, labels, 0.0, 1.0)
+    evaluation = FrozenEvaluationReport(
+        torch.zeros(1),
+        torch.zeros(1),
+        probe=None,
+        predictions=predictions,
+        knn_predictions=labels,
+        probe_accuracy=0.0,
+        knn_accuracy=1.0,
+        macro_f1=0.0,
+        class_names=FASHION_MNIST.class_names,
+    )
     per_class = evaluation.per_class(labels, "test")
     assert per_class["linear probe"][6].item() == pytest.approx(0.4) and per_class["linear probe"][4].item() == 0.9
     assert torch.equal(per_class["kNN"], torch.ones(10))
@@ -98,7 +110,16 @@ def test_frozen_against_fine_tuned_fits_the_probe_on_each_fine_tuning_subset(cap
     centers = 3 * torch.randn(10, 8, generator=generator)
     train_features = centers[train_labels] + 2 * torch.randn(2000, 8, generator=generator)
     test_features = centers[test_labels] + 2 * torch.randn(500, 8, generator=generator)
-    evaluation = FrozenEvaluation(train_features, test_features, None, None, None, 0.9, 0.8)
+    evaluation = FrozenEvaluation(
+        train_features,
+        test_features,
+        probe=None,
+        predictions=None,
+        knn_predictions=None,
+        probe_accuracy=0.9,
+        knn_accuracy=0.8,
+        macro_f1=0.0,
+    )
     fine_tune = {
         name: {"fractions": {"0.1": {"mean": mean, "std": 0.01}}} for name, mean in (("vae", 0.8), ("random", 0.7))
     }
@@ -117,11 +138,12 @@ def test_frozen_against_fine_tuned_fits_the_probe_on_each_fine_tuning_subset(cap
 
 def test_label_efficiency_shows_the_few_label_fractions_unless_asked_for_others(tmp_path, monkeypatch, capsys):
     def entry(means):
-        return {"results": {"fine_tune": {"fractions": {f: {"mean": m, "std": 0.01} for f, m in means.items()}}}}
+        fractions = {f: {"mean": m, "std": 0.01} for f, m in means.items()}
+        return {"dataset": "fashion-mnist", "results": {"fine_tune": {"fractions": fractions}}}
 
     save_manifest(
         {"methods": {"vae": entry({"0.01": 0.8, "0.1": 0.85, "1": 0.9}), "random": entry({"0.01": 0.7, "0.1": 0.8})}},
-        tmp_path,
+        root=tmp_path,
     )
     monkeypatch.setenv("SSLKIT_WEIGHTS", str(tmp_path))
     few = print_label_efficiency(["vae", "random"])

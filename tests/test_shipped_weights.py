@@ -1,12 +1,16 @@
 """The weights in weights/ against their manifest: integrity, the accuracy bar, reproducibility."""
 
+import json
+
 import pytest
 import torch
 
 import sslkit
-from sslkit.evaluate import accuracy, extract_features
+from sslkit.files import sha256_file
 from sslkit.losses import mae_loss
-from sslkit.weights import load_manifest, load_method, load_pretrained, load_probe, sha256_file, weights_dir
+from sslkit.methods import TRAINABLE
+from sslkit.protocol import accuracy, extract_features
+from sslkit.weights import load_manifest, load_method, load_pretrained, load_probe, weights_dir
 
 MANIFEST = load_manifest()["methods"]
 SHIPPED = sorted(MANIFEST)
@@ -15,7 +19,7 @@ SHIPPED = sorted(MANIFEST)
 def test_the_foundation_weights_are_shipped():
     assert {"simclr", "supervised", "random", "pixels"} <= set(SHIPPED)
     total = sum((weights_dir() / MANIFEST[name]["file"]).stat().st_size for name in SHIPPED)
-    assert total < 30 * 2**20  # DESIGN.md §6: all weights together under ~30 MB
+    assert total < 30 * 2**20  # all weights together under ~30 MB
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -25,6 +29,7 @@ def test_file_hashes_match_the_manifest(name):
     assert (weights_dir() / entry["file"]).stat().st_size == entry["size_bytes"]
     assert "limit" not in entry["results"], "shipped weights must be evaluated on the full splits"
     assert entry["command"].startswith(f"python -m sslkit pretrain {name}")
+    assert entry["dataset"] == "fashion-mnist"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -75,9 +80,9 @@ def test_vicreg_meets_its_bar_with_simclrs_encoder_views_and_budget():
     vicreg, simclr = MANIFEST["vicreg"], MANIFEST["simclr"]
     assert vicreg["results"]["linear_probe"]["test_accuracy"] >= 0.885  # issue 5
     assert (vicreg["epochs"], vicreg["batch_size"]) == (simclr["epochs"], simclr["batch_size"])
-    for key in ("encoder", "augment"):  # the joint-embedding methods differ only in the objective and its head
+    for key in ("encoder_config", "augment_config"):  # the joint-embedding methods differ only in objective and head
         assert vicreg["config"][key] == simclr["config"][key]
-    assert vicreg["config"]["expander_dim"] >= 1024  # DESIGN.md §3: a wide expander
+    assert vicreg["config"]["expander_dim"] >= 1024  # a wide expander, as in VICReg
 
 
 def test_mae_meets_its_bar_with_the_common_budget_and_beats_the_random_vit():
@@ -86,7 +91,7 @@ def test_mae_meets_its_bar_with_the_common_budget_and_beats_the_random_vit():
     assert probe >= 0.86  # issue 6; a published MAE notebook on Fashion-MNIST reports 85.44%
     assert probe > MANIFEST["random_vit"]["results"]["linear_probe"]["test_accuracy"]
     assert (entry["epochs"], entry["batch_size"]) == (MANIFEST["simclr"]["epochs"], MANIFEST["simclr"]["batch_size"])
-    assert entry["config"]["encoder"] == MANIFEST["random_vit"]["config"]["encoder"]  # the same ViT
+    assert entry["config"]["encoder_config"] == MANIFEST["random_vit"]["config"]["encoder_config"]  # the same ViT
 
 
 @pytest.mark.parametrize(
@@ -104,6 +109,12 @@ def test_fine_tuning_results_are_complete_and_consistent(name):
         assert result["mean"] == pytest.approx(runs.mean().item(), abs=1e-5)
         assert result["std"] == pytest.approx(runs.std().item(), abs=1e-5)  # sample standard deviation
         assert 0.5 < result["mean"] < 1
+
+
+@pytest.mark.parametrize("name", [name for name in TRAINABLE if name in MANIFEST])
+def test_every_shipped_method_is_rebuilt_whole_from_its_recorded_constructor_arguments(name):
+    method = load_method(name)  # encoder and heads: every key of the file fits the rebuilt method
+    assert json.loads(json.dumps(method.config())) == MANIFEST[name]["config"]
 
 
 def test_shipped_decoders_draw_28_by_28_images(test_data):

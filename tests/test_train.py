@@ -5,14 +5,21 @@ import torch
 
 import sslkit.train
 from sslkit.methods import Method, build_method
-from sslkit.train import NonFiniteLossError, TrainConfig, cosine_with_warmup, history_path, train
+from sslkit.models import encoder_config
+from sslkit.train import (
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    TrainConfig,
+    cosine_with_warmup,
+    history_path,
+    train,
+)
 
 SMOKE = {"batch_size": 32, "lr": 0.05, "warmup_epochs": 0}
 
 
 def fresh(name="simclr", seed=0):
-    torch.manual_seed(seed)
-    return build_method(name)
+    return build_method(name, seed=seed)
 
 
 @pytest.mark.parametrize("name", ["autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "mae", "supervised"])
@@ -58,15 +65,15 @@ def test_resume_ends_bitwise_where_an_uninterrupted_run_ends(train_data, tmp_pat
     train(uninterrupted, images[:256], None, config, "cpu", tmp_path / "a.ckpt", progress=False)
 
     # Interrupted after epoch 1: the process dies right after the first checkpoint is written.
-    def write_then_die(text, path):
-        original_write(text, path)
+    def write_then_die(path, text):
+        original_write(path, text)
         raise KeyboardInterrupt
 
-    original_write = sslkit.train.atomic_write_text
-    monkeypatch.setattr(sslkit.train, "atomic_write_text", write_then_die)
+    original_write = sslkit.train.write_text_atomically
+    monkeypatch.setattr(sslkit.train, "write_text_atomically", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(fresh(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
-    monkeypatch.setattr(sslkit.train, "atomic_write_text", original_write)
+    monkeypatch.setattr(sslkit.train, "write_text_atomically", original_write)
     assert torch.load(tmp_path / "b.ckpt", weights_only=True)["epoch"] == 1
 
     resumed = fresh(seed=123)  # a different initialisation: resume must overwrite everything
@@ -91,7 +98,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(train_data, tmp_path):
         progress=False,
     )
     other = TrainConfig(epochs=1, steps_per_epoch=1, **{**SMOKE, "lr": 0.01})
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(CheckpointMismatchError, match="different run .*train_config"):
         train(fresh(), images[:64], None, other, "cpu", tmp_path / "c.ckpt", progress=False)
 
 
@@ -99,7 +106,7 @@ class ExplodingMethod(Method):
     name = "exploding"
 
     def __init__(self):
-        super().__init__()
+        super().__init__(encoder_config())
         self.steps = 0
 
     def training_step(self, images, labels=None, generator=None):

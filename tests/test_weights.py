@@ -1,34 +1,46 @@
 import json
+import shutil
 
 import pytest
 import torch
 
 import sslkit
-from sslkit.evaluate import LinearProbe
-from sslkit.models import build_encoder
-from sslkit.weights import WeightsError, load_history, load_pretrained, load_probe, load_state, manifest_entry, publish
+from sslkit.models import build_encoder, encoder_config
+from sslkit.protocol import LinearProbe
+from sslkit.weights import (
+    WeightsError,
+    load_history,
+    load_pretrained,
+    load_probe,
+    load_state,
+    manifest_entry,
+    publish,
+    shipped_names,
+    weights_dir,
+)
 
 
 @pytest.fixture
 def shipped(tmp_path):
     """A weights folder holding a random encoder and a probe as 'simclr', like the real ones."""
     torch.manual_seed(0)
-    encoder = build_encoder()
+    encoder = build_encoder(encoder_config())
     probe = LinearProbe(torch.randn(10, 128), torch.randn(10), torch.randn(128), torch.rand(128) + 0.5, 1e-4)
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()} | probe.state_dict()
-    entry = {"config": {"encoder": encoder.config()}, "results": {}}
-    publish("simclr", state, entry, history=[{"epoch": 1, "loss": 5.0}], directory=tmp_path)
+    entry = {"config": {"encoder_config": encoder.config()}, "results": {}}
+    publish("simclr", state, entry, history=[{"epoch": 1, "loss": 5.0}], root=tmp_path)
     return tmp_path, encoder.eval(), probe
 
 
 def test_round_trip_gives_the_frozen_encoder_and_probe(shipped):
     folder, encoder, probe = shipped
-    loaded = load_pretrained("simclr", directory=folder)
+    loaded = load_pretrained("simclr", root=folder)
     images = torch.rand(4, 1, 28, 28)
     assert torch.equal(loaded(images), encoder(images))
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
-    assert torch.equal(load_probe("simclr", folder).weight, probe.weight)
-    assert load_history("simclr", folder) == [{"epoch": 1, "loss": 5.0}]
+    assert torch.equal(load_probe("simclr", root=folder).weight, probe.weight)
+    assert load_history("simclr", root=folder) == [{"epoch": 1, "loss": 5.0}]
+    assert manifest_entry("simclr", root=folder)["dataset"] == "fashion-mnist"  # publish records the dataset
 
 
 def test_environment_variable_selects_the_weights_folder(shipped, monkeypatch):
@@ -45,63 +57,79 @@ def test_a_flipped_byte_is_caught(shipped):
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match=r"simclr\.pth.*sha256.*corrupt, truncated or tampered"):
-        load_pretrained("simclr", directory=folder)
+        load_pretrained("simclr", root=folder)
 
 
 def test_a_tampered_history_is_caught(shipped):
     folder, _, _ = shipped
     (folder / "simclr.history.json").write_text(json.dumps([{"epoch": 1, "loss": 0.1}]))
     with pytest.raises(WeightsError, match="tampered"):
-        load_history("simclr", folder)
+        load_history("simclr", root=folder)
 
 
 def test_missing_weights_file(shipped):
     folder, _, _ = shipped
     (folder / "simclr.pth").unlink()
     with pytest.raises(WeightsError, match="missing"):
-        load_state("simclr", folder)
+        load_state("simclr", root=folder)
+
+
+def test_the_weights_of_another_dataset_live_in_their_own_folder_under_the_root(shipped):
+    folder, _, _ = shipped
+    encoder = build_encoder(encoder_config("cifar10"))
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    entry = {"config": {"encoder_config": encoder.config()}, "results": {}}
+    publish("simclr", state, entry, dataset="cifar10", root=folder)
+    assert weights_dir("cifar10", folder) == folder / "cifar10" and (folder / "cifar10" / "simclr.pth").is_file()
+    assert load_pretrained("simclr", dataset="cifar10", root=folder)(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+    assert load_pretrained("simclr", root=folder).config()["in_channels"] == 1  # Fashion-MNIST's are untouched
+    assert shipped_names("cifar10", folder) == ["simclr"] and shipped_names("mnist", folder) == []
+    # A folder whose manifest records another dataset's weights is refused, naming both datasets.
+    shutil.copytree(folder / "cifar10", folder / "mnist")
+    with pytest.raises(WeightsError, match="trained on CIFAR-10, not on MNIST"):
+        load_pretrained("simclr", dataset="mnist", root=folder)
 
 
 def test_state_dict_of_another_architecture_is_reported(shipped):
     folder, _, _ = shipped
-    small = build_encoder({"widths": [16, 32, 64], "in_channels": 1})
+    small = build_encoder({**encoder_config(), "widths": [16, 32, 64]})
     publish(
         "simclr",
         {f"encoder.{k}": v for k, v in small.state_dict().items()},
-        {"config": {"encoder": {"widths": [32, 64, 128], "in_channels": 1}}, "results": {}},
-        directory=folder,
+        {"config": {"encoder_config": encoder_config()}, "results": {}},  # widths 32, 64, 128
+        root=folder,
     )
     with pytest.raises(WeightsError, match="does not fit ResNetEncoder"):
-        load_pretrained("simclr", directory=folder)
+        load_pretrained("simclr", root=folder)
 
 
 def test_unknown_and_unshipped_names(shipped):
     folder, _, _ = shipped
     with pytest.raises(ValueError, match="autoencoder, vae, rotation, simclr, dcl, vicreg, mae"):
-        load_pretrained("simsiam", directory=folder)
+        load_pretrained("simsiam", root=folder)
     with pytest.raises(WeightsError, match="python -m sslkit pretrain vicreg"):
-        manifest_entry("vicreg", folder)
+        manifest_entry("vicreg", root=folder)
 
 
 def test_corrupt_manifest_is_reported(shipped):
     folder, _, _ = shipped
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(WeightsError, match="not valid JSON"):
-        load_pretrained("simclr", directory=folder)
+        load_pretrained("simclr", root=folder)
 
 
-def _record_many(directory, worker, count):
+def _record_many(root, worker, count):
     from sslkit.weights import record_results
 
     for i in range(count):
-        record_results("simclr", f"worker{worker}_{i}", i, directory)
+        record_results("simclr", f"worker{worker}_{i}", i, root=root)
 
 
 def test_concurrent_records_lose_nothing(tmp_path):
     """Sweeps record runs while a training publishes: each read-change-write holds the manifest's lock."""
     import multiprocessing
 
-    publish("simclr", {"encoder.w": torch.zeros(1)}, {"config": {}, "results": {}}, directory=tmp_path)
+    publish("simclr", {"encoder.w": torch.zeros(1)}, {"config": {}, "results": {}}, root=tmp_path)
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_record_many, args=(tmp_path, w, 25)) for w in range(4)]
     for process in workers:
@@ -109,5 +137,5 @@ def test_concurrent_records_lose_nothing(tmp_path):
     for process in workers:
         process.join(timeout=120)
         assert process.exitcode == 0
-    results = manifest_entry("simclr", tmp_path)["results"]
+    results = manifest_entry("simclr", root=tmp_path)["results"]
     assert len([key for key in results if key.startswith("worker")]) == 100
