@@ -95,7 +95,12 @@ def manifest_entry(name: str, dataset: str = DEFAULT_DATASET, root: str | Path |
             f"no weights for {name!r} are in {directory} yet (there: {shipped}); "
             f"train them with `python -m sslkit pretrain {name}{option}`"
         )
-    trained_on = entries[name]["dataset"]
+    trained_on = entries[name].get("dataset")
+    if trained_on is None:
+        raise WeightsError(
+            f"the manifest entry of {name!r} in {directory} does not say which dataset its weights were trained on; "
+            f"republish them with `{entries[name].get('command', f'python -m sslkit pretrain {name}')}`"
+        )
     if trained_on != dataset:
         raise WeightsError(
             f"the weights of {name!r} in {directory} were trained on {dataset_info(trained_on).title}, not on "

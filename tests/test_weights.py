@@ -118,6 +118,16 @@ def test_corrupt_manifest_is_reported(shipped):
         load_pretrained("simclr", root=folder)
 
 
+def test_an_entry_that_does_not_name_its_dataset_is_refused_with_the_command_to_republish(shipped):
+    folder, _, _ = shipped
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["methods"]["simclr"]["dataset"]
+    manifest["methods"]["simclr"]["command"] = "python -m sslkit pretrain simclr"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match="does not say which dataset.*python -m sslkit pretrain simclr"):
+        load_pretrained("simclr", root=folder)
+
+
 def _record_many(root, worker, count):
     from sslkit.weights import record_results
 
