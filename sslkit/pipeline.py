@@ -36,7 +36,7 @@ from .protocol import (
 from .train import TrainConfig, train
 from .transfer import TRANSFER_REPEATS, transfer
 from .version import __version__
-from .weights import load_pretrained, load_probe, manifest_entry, manifest_update, publish, record_results
+from .weights import load_pretrained, load_probe, manifest_entry, manifest_update, publish
 
 REPRODUCTION_TOLERANCE = 0.002  # 0.2 points: features on another device or torch build differ in the last bits
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -386,14 +386,12 @@ class Sweep:
         return run
 
     def record(self, runs: list[dict], device: torch.device) -> None:
-        sweeps = manifest_entry(self.method, self.dataset, self.root).get("results", {}).get("sweeps", {})
-        sweeps[self.param] = {
-            **self.settings(),
-            "command": self.command,
-            "device": describe_device(device),
-            "runs": runs,
-        }
-        record_results(self.method, "sweeps", sweeps, self.dataset, self.root)
+        """Store the runs under ``results.sweeps.PARAM``, read and written under one manifest lock, so
+        that sweeps of other settings finishing at the same time keep theirs."""
+        record = {**self.settings(), "command": self.command, "device": describe_device(device), "runs": runs}
+        with manifest_update(self.dataset, self.root) as manifest:
+            results = manifest["methods"][self.method].setdefault("results", {})
+            results.setdefault("sweeps", {})[self.param] = record
 
     def run(self, device: torch.device, report=print) -> list[dict]:
         """Every value and seed, skipping runs an interrupted sweep recorded; returns the records."""
