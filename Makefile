@@ -2,7 +2,7 @@
 #   make lab           set everything up and open the series in JupyterLab
 #   make test          set everything up, check the code with ruff, run the unit tests and the notebooks (pytest --nbval)
 #   make test-browser  every notebook in JupyterLab in Chromium (CI runs it after make test)
-# Other targets: make setup | data | chromium | notebooks | lint | bench | results | clean
+# Other targets: make setup | data | chromium | notebooks | setup-cells | lint | bench | results | clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: lab test test-browser chromium setup data notebooks lint bench results clean
+.PHONY: lab test test-browser chromium setup data notebooks setup-cells lint bench results clean
 
 # JupyterLab refuses to run as root unless told to (containers, Colab-like machines).
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -64,10 +64,14 @@ data:
 notebooks: setup data
 	SSLKIT_SAVE_FIGURES=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
 
+# Every notebook's first cell and the README's Colab badges, from pyproject.toml's [tool.sslkit].
+setup-cells: setup
+	$(BIN)/python scripts/notebook_setup.py
+
 # ruff's rules and formatting (pyproject.toml), on the code; the notebooks are checked by running them.
 lint: setup
-	$(BIN)/ruff check sslkit tests e2e
-	$(BIN)/ruff format --check sslkit tests e2e
+	$(BIN)/ruff check sslkit tests e2e scripts
+	$(BIN)/ruff format --check sslkit tests e2e scripts
 
 bench: setup data
 	$(BIN)/python -m sslkit bench

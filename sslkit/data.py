@@ -344,19 +344,17 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _download(info: DatasetInfo, split: str) -> list[Path] | None:
-    """Let torchvision download the dataset into the repository's data/ folder; None if offline."""
-    try:
-        import torchvision.datasets
+    """Let torchvision download the dataset into the repository's data/ folder (it checks each file's
+    md5); raises what torchvision raised when that fails."""
+    import torchvision.datasets
 
-        getattr(torchvision.datasets, info.torchvision_class)(str(REPO_DATA_DIR), train=split == "train", download=True)
-    except Exception:  # no network, blocked host, or torchvision missing: report below
-        return None
+    getattr(torchvision.datasets, info.torchvision_class)(str(REPO_DATA_DIR), train=split == "train", download=True)
     return _find_split(info, split, [REPO_DATA_DIR / info.folder])
 
 
-def _not_found_message(info: DatasetInfo, split: str, searched: list[Path], download: bool) -> str:
+def _not_found_message(info: DatasetInfo, split: str, searched: list[Path], download_failure: str | None) -> str:
     places = "\n".join(f"  - {folder}" for folder in searched)
-    tried = "and torchvision could not download it (offline?).\n" if download else ""
+    tried = f"and torchvision could not download it ({download_failure}).\n" if download_failure else ""
     online = (
         f"run again with network access (on Colab it just works) and torchvision.datasets."
         f"{info.torchvision_class} downloads it into {REPO_DATA_DIR}"
@@ -385,11 +383,16 @@ def locate(dataset: str, split: str, download: bool = True) -> list[Path]:
     if split not in info.files:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     searched = candidate_dirs(dataset)
-    found = _find_split(info, split, searched)
+    found, download_failure = _find_split(info, split, searched), None
     if found is None and download:
-        found = _download(info, split)
+        try:
+            found = _download(info, split)
+        except Exception as error:  # no network, a blocked host, a corrupted file, no torchvision
+            download_failure = f"{type(error).__name__}: {error}"
+        if found is None and download_failure is None:
+            download_failure = "offline?"
     if found is None:
-        raise DataNotFoundError(_not_found_message(info, split, searched, download))
+        raise DataNotFoundError(_not_found_message(info, split, searched, download_failure))
     return found
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,6 +18,7 @@ from .devices import describe_device, resolve_device
 from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, low_label_linear_probe
 from .plots import plot_confusion_matrix, plot_per_class_accuracy
 from .protocol import FrozenEvaluation, confusion_matrix, evaluate_frozen_features, extract_features, per_class_accuracy
+from .version import __version__
 from .weights import load_probe, manifest_entry
 
 FEW_LABELS = tuple(f"{fraction:g}" for fraction in FINE_TUNE_FRACTIONS)  # the manifest's keys: "0.01", "0.1"
@@ -41,7 +43,8 @@ def setup(seed: int = 0, pretrain_default: bool = False) -> tuple[torch.device, 
     device = resolve_device("auto")
     plt.rcParams.update({"figure.dpi": 90, "savefig.dpi": 120, "axes.spines.top": False, "axes.spines.right": False})
     mode = "PRETRAIN=True: training from scratch" if pretrain else "PRETRAIN=False: loading the shipped weights"
-    print(f"device: {describe_device(device)}; {mode}")
+    package = Path(__file__).resolve().parent
+    print(f"sslkit {__version__} from {package}, torch {torch.__version__}\ndevice: {describe_device(device)}; {mode}")
     return device, pretrain
 
 

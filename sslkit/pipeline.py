@@ -65,6 +65,7 @@ class PretrainRun:
     recipe: dict | None = None  # overrides of the method's recipe: lr, weight_decay, optimizer, warmup_epochs
     settings: dict | None = None  # overrides of the method's settings, e.g. {"temperature": 0.5}
     amp: bool = True
+    amp_dtype: str | None = None  # None: the device's choice; "float16" or "bfloat16" to force one
     steps_per_epoch: int | None = None  # smoke runs
     limit: int | None = None  # only the first N training and test images (smoke runs)
     checkpoint: Path | None = None  # default: checkpoints/METHOD.ckpt
@@ -80,6 +81,7 @@ class PretrainRun:
             batch_size=self.batch_size,
             seed=self.seed,
             amp=self.amp,
+            amp_dtype=self.amp_dtype,
             steps_per_epoch=self.steps_per_epoch,
             **recipe,
         )
@@ -157,7 +159,8 @@ def train_method(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor, d
             "train": config.to_dict(),
             "epochs": config.epochs,
             "batch_size": config.batch_size,
-            "device": describe_device(device) + (f" × {processes} processes" if processes > 1 else ""),
+            "device": describe_device(device, run.amp, run.amp_dtype)
+            + (f" × {processes} processes" if processes > 1 else ""),
             "wall_time_seconds": round(seconds, 1),
             "seconds_per_epoch": round(seconds / len(history), 2),
         },
@@ -298,7 +301,7 @@ def merged_fine_tune(recorded: dict, summary: dict) -> dict:
 
 
 SWEEPABLE_TRAIN_SETTINGS = tuple(
-    f.name for f in fields(TrainConfig) if f.name not in ("epochs", "steps_per_epoch", "amp", "seed")
+    f.name for f in fields(TrainConfig) if f.name not in ("epochs", "steps_per_epoch", "amp", "amp_dtype", "seed")
 )
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the data (drop_last); fewer for smoke runs
     amp: bool = True  # bf16/fp16 mixed precision on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16, AMX)
+    amp_dtype: str | None = None  # None: the device's choice (above); "float16" or "bfloat16" to force one
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -65,6 +66,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("lr must be positive, weight_decay and warmup_epochs non-negative")
+        if self.amp_dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,7 +182,8 @@ class TrainState:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, plan.warmup_steps, plan.total_steps)
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision_dtype(device, config.amp) == torch.float16)
+        amp_dtype = mixed_precision_dtype(device, config.amp, config.amp_dtype)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         data_generator = torch.Generator().manual_seed(config.seed)
         # Each process draws other views of its share of the batch.
         augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
@@ -237,6 +241,9 @@ def wrap_for_training(method: Method, device: torch.device, compile_model: bool)
     return torch.compile(model) if compile_model else model
 
 
+FINITE_CHECK_EVERY = 25  # steps between checks that the loss is finite: each one waits for the device
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     state: TrainState,
@@ -246,15 +253,20 @@ def train_one_epoch(
     plan: StepPlan,
     progress: bool,
 ) -> dict:
-    """One pass of ``plan.steps_per_epoch`` steps; returns the epoch's record (mean loss and extras)."""
+    """One pass of ``plan.steps_per_epoch`` steps; returns the epoch's record (mean loss and extras).
+
+    The losses are summed on the device; only every ``FINITE_CHECK_EVERY`` steps (and at the end) is
+    the sum read, to check that it is finite, so a GPU never waits for the host in between.
+    """
     method, device, epoch = state.method, images.device, state.epoch
-    amp_dtype = mixed_precision_dtype(device, config.amp)
+    amp_dtype = mixed_precision_dtype(device, config.amp, config.amp_dtype)
     # A loss computed on the gathered global batch already has the single-process gradient; DDP's
     # averaging over processes would divide it by K, so it is multiplied back.
     loss_scale = distributed.world_size() if method.loss_spans_global_batch else 1
     started = time.perf_counter()
     order = torch.randperm(len(images), generator=state.data_generator).to(device)
     sums: dict[str, torch.Tensor] = {}
+    checked = 0  # steps whose losses are known to be finite
     description = f"{method.name} epoch {epoch + 1}/{config.epochs}"
     bar = tqdm(range(plan.steps_per_epoch), desc=description, disable=not progress, leave=False)
     for step in bar:
@@ -263,22 +275,24 @@ def train_one_epoch(
         batch = to_float(images[index]).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(batch, labels[index] if labels is not None else None, state.augment_generator)
-        loss = outputs["loss"]
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"{method.name}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                f"(global step {epoch * plan.steps_per_epoch + step + 1}); training stopped. Lower the "
-                f"learning rate (now {state.scheduler.get_last_lr()[0]:.3g}) or check the inputs."
-            )
         state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss * loss_scale).backward()
+        state.scaler.scale(outputs["loss"] * loss_scale).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
         for key, value in outputs.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float()
-        if progress and step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == plan.steps_per_epoch:
+            total = sums["loss"].item()  # NaN or ±inf stays in the sum once it is there
+            if not math.isfinite(total):
+                first = epoch * plan.steps_per_epoch + checked + 1
+                raise NonFiniteLossError(
+                    f"{method.name}: the loss became {total} in epoch {epoch + 1}, between steps {checked + 1} "
+                    f"and {step + 1} (global steps {first} to {first + step - checked}); training stopped. "
+                    f"Lower the learning rate (now {state.scheduler.get_last_lr()[0]:.3g}) or check the inputs."
+                )
+            checked = step + 1
+            bar.set_postfix(loss=f"{total / checked:.4f}")
     means = distributed.average_across_processes(
         {key: float(total) / plan.steps_per_epoch for key, total in sums.items()}
     )
@@ -329,7 +343,8 @@ def train(
         the learning rate at its end and its wall time. Also saved as JSON beside the checkpoint.
 
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite; the message names epoch and step.
+        NonFiniteLossError: the loss became NaN or infinite; the message names the epoch and the
+            steps between the last two checks (``FINITE_CHECK_EVERY``).
         CheckpointMismatchError: ``checkpoint_path`` holds another run; the message names the fields.
     """
     device = resolve_device(device)

@@ -11,6 +11,7 @@ from sslkit.models import (
     VIT_CONFIG,
     Attention,
     ViTEncoder,
+    attend,
     build_encoder,
     count_parameters,
     encoder_config,
@@ -139,6 +140,22 @@ def test_attention_against_explicit_softmax_per_head():
     gradient = torch.autograd.grad(attention(x).square().sum(), attention.qkv.weight)[0]
     expected_gradient = torch.autograd.grad(expected.square().sum(), attention.qkv.weight)[0]
     assert torch.allclose(gradient, expected_gradient, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_the_fused_attention_kernel_has_the_explicit_products_gradients(dtype, tolerance):
+    """The GPU's path (and every path without gradients) against the CPU training path, backward included:
+    the gradients reach q, k and v alike, at the MAE encoder's shape (49 patches, 4 heads of 32)."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(8, 4, 49, 32, generator=generator, dtype=dtype, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(8, 4, 49, 32, generator=generator, dtype=dtype)
+    results = {}
+    for fused in (True, False):
+        out = attend(q, k, v, fused)
+        results[fused] = (out, *torch.autograd.grad(out, (q, k, v), upstream))
+    for fused_value, explicit_value in zip(results[True], results[False], strict=True):
+        assert torch.allclose(fused_value, explicit_value, atol=tolerance, rtol=tolerance)
+    assert all(gradient.abs().max() > 0.1 for gradient in results[True][1:])
 
 
 def test_vit_encoder_shapes_config_and_visible_tokens():
