@@ -3,6 +3,8 @@
 #   make test          set everything up, check the code with ruff, run the unit tests and the notebooks (pytest --nbval)
 #   make test-browser  every notebook in JupyterLab in Chromium (CI runs it after make test)
 # Other targets: make setup | data | chromium | notebooks | setup-cells | lint | bench | results | clean
+# TORCH=keep (any target): keep the torch and torchvision already in .venv (e.g. PyTorch's CPU-only
+# builds) instead of installing requirements.txt's pinned ones.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -41,8 +43,17 @@ $(STAMP): requirements.txt pyproject.toml
 		{ echo "Python 3.10 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 		{ echo "Could not create a virtual environment: install it with 'sudo apt-get install python3-venv'"; exit 1; }
+ifeq ($(TORCH),keep)
+	@$(BIN)/python -c 'import torch, torchvision' 2>/dev/null || { echo "TORCH=keep, but $(VENV) has no torch and \
+torchvision to keep: install them first (README: A laptop without a GPU), or leave out TORCH=keep"; exit 1; }
+endif
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifeq ($(TORCH),keep)
+	grep -vE '^(torch|torchvision)==' requirements.txt > $(VENV)/requirements-keeping-torch.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements-keeping-torch.txt
+else
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+endif
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 

@@ -175,9 +175,10 @@ def train_throughput(
     compile_model: bool = False,
     dataset: str = DEFAULT_DATASET,
     synthetic: bool = False,
+    amp_dtype: str | None = None,
 ) -> dict:
     """Images/s, seconds per epoch and peak memory of ``steps`` training steps of ``name`` on ``dataset``,
-    measured in this process.
+    measured in this process, in the device's mixed precision (or ``amp_dtype``: "float16", "bfloat16").
 
     ``synthetic``: time random images of the dataset's shape and number instead of the real ones
     (a training step costs the same whatever its pixels show), so the cost of a dataset that is
@@ -195,7 +196,8 @@ def train_throughput(
         images, labels = load_dataset(dataset, "train")
     images, labels = images.to(device), labels.to(device)
     method = build_method(name, dataset, seed=0)
-    config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, **method_class(name).recipe)
+    recipe = method_class(name).recipe
+    config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, amp_dtype=amp_dtype, **recipe)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with PeakResidentMemory() as resident:
@@ -206,6 +208,7 @@ def train_throughput(
         "images_per_second": batch_size / seconds,
         "seconds_per_epoch": (len(images) // batch_size) * seconds,
         "peak_memory_mib": peak,
+        "final_loss": history[-1]["loss"],
     }
 
 
@@ -220,7 +223,7 @@ def bench_training(
     """Training images/s (one image = all its views) and peak memory of each method.
 
     Times the real loop of ``train.train`` (two epochs of ``steps`` steps; the first is warm-up),
-    so the figure includes everything a training run pays for, the per-step loss check included.
+    so the figure includes everything a training run pays for, the checks of the loss included.
     Each method runs in a fresh process, one after the other, so that its peak memory (CUDA's
     allocator peak on a GPU, the rise of resident memory on a CPU) is its own and not memory that
     an earlier method left to the allocator.

@@ -23,8 +23,9 @@ import torch.distributed as dist
 
 
 def launched_by_torchrun() -> bool:
-    """True in a process started by torchrun with more than one process in the job."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True in a process started by torchrun (which names its job in ``TORCHELASTIC_RUN_ID``), even
+    with one process: ``--nproc_per_node=1`` runs the distributed code paths on a single GPU."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
 
 
 def initialize(device_type: str) -> torch.device:

@@ -233,7 +233,7 @@ class TrainState:
 def wrap_for_training(method: Method, device: torch.device, compile_model: bool) -> torch.nn.Module:
     """What each step runs through: the method, in DistributedDataParallel under torchrun, compiled if asked."""
     model: torch.nn.Module = method
-    if distributed.world_size() > 1:
+    if torch.distributed.is_initialized():  # under torchrun, with one process or more
         # SyncBatchNorm (statistics over the global batch) works with NCCL only, so on CUDA only.
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)

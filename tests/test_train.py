@@ -223,9 +223,29 @@ def test_compile_trains_like_eager(train_data):
     assert compiled_history[0]["loss"] == pytest.approx(eager_history[0]["loss"], rel=1e-3)
 
     def update(method):
-        return torch.cat([(p - p0).detach().flatten() for p, p0 in zip(method.parameters(), start.parameters(), strict=True)])
+        return torch.cat(
+            [(p - p0).detach().flatten() for p, p0 in zip(method.parameters(), start.parameters(), strict=True)]
+        )
 
     eager_update, compiled_update = update(eager), update(compiled)
     assert eager_update.norm() > 0.1
     assert torch.nn.functional.cosine_similarity(eager_update, compiled_update, dim=0) > 0.99
     assert (compiled_update - eager_update).norm() < 0.05 * eager_update.norm()
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    lrs = [cosine_with_warmup(step, 10, 100) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(lrs[i] >= lrs[i + 1] for i in range(9, 99))
+    assert cosine_with_warmup(100, 10, 100) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"optimizer": "lamb"}, {"lr": -1.0}, {"amp_dtype": "float8"}])
+def test_invalid_config_is_rejected(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_supervised_needs_labels(train_data):
+    with pytest.raises(ValueError, match="labels"):
+        train(fresh("supervised"), train_data[0][:64], None, TrainConfig(epochs=1, **SMOKE), "cpu", progress=False)
