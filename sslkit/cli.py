@@ -311,6 +311,7 @@ def add_transfer_parser(subparsers) -> None:
         default=TRANSFER_REPEATS,
         help=f"shufflings of the 5-fold split (default {TRANSFER_REPEATS}; 1 for smoke runs)",
     )
+    add_limit_argument(parser, "use only the first N images of the transfer task (to check a `pretrain --limit N` run)")
     parser.add_argument(
         "--imagenet-reference",
         action="store_true",
@@ -329,11 +330,11 @@ def run_transfer(args: argparse.Namespace) -> None:
     print(f"{'method':<18} {task + ', 5-fold CV %':>28}")
     for name in names:
         encoder = load_pretrained(name, device, args.dataset, args.weights)
-        measured = transfer(encoder, args.dataset, device, args.repeats)
+        measured = transfer(encoder, args.dataset, device, args.repeats, args.limit)
         record_results(name, "transfer", measured, args.dataset, args.weights)
         print(f"{name:<18} {100 * measured['mean']:21.2f} ± {100 * measured['std']:.2f}", flush=True)
     if reference is not None:
-        measured = transfer(reference, args.dataset, device, args.repeats)
+        measured = transfer(reference, args.dataset, device, args.repeats, args.limit)
         print(
             f"{'imagenet-resnet18*':<18} {100 * measured['mean']:21.2f} ± {100 * measured['std']:.2f}\n"
             "* torchvision's ResNet-18 trained with the labels of ImageNet's 1.28M photos (11.7M parameters, "
@@ -528,7 +529,7 @@ def add_results_parser(subparsers) -> None:
     add_weights_argument(parser, WEIGHTS_HELP)
     add_limit_argument(
         parser,
-        "use only the first N training and test images, and one shuffling of the "
+        "use only the first N training, test and transfer images, and one shuffling of the "
         "transfer folds (smoke runs and tests; needs weights published with the same limit)",
     )
     parser.set_defaults(handler=run_results)
@@ -541,7 +542,9 @@ def measure_all(device: torch.device, root: Path | None, limit: int | None) -> N
     for name in names_to_measure("all", DEFAULT_DATASET, root):
         started = time.perf_counter()
         repeats = 1 if limit else TRANSFER_REPEATS
-        measured = remeasure_shipped(name, train_data, test_data, device, root=root, transfer_repeats=repeats)
+        measured = remeasure_shipped(
+            name, train_data, test_data, device, root=root, transfer_repeats=repeats, transfer_limit=limit
+        )
         geometry, transferred = measured["geometry"], measured["transfer"]
         record_results(name, "geometry", geometry, root=root)
         record_results(name, "transfer", transferred, root=root)

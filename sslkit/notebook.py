@@ -3,7 +3,9 @@ with its checks against the manifest, and the label-efficiency table."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from scipy import stats
 
 from .data import DEFAULT_DATASET, dataset_info
 from .devices import describe_device, resolve_device
+from .files import save_torch_atomically
 from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, low_label_linear_probe
 from .plots import plot_confusion_matrix, plot_per_class_accuracy
 from .protocol import FrozenEvaluation, confusion_matrix, evaluate_frozen_features, extract_features, per_class_accuracy
@@ -84,6 +87,49 @@ class FrozenEvaluationReport(FrozenEvaluation):
         return matrix, pairs
 
 
+def feature_cache_dir() -> Path | None:
+    """Where ``frozen_features`` keeps features: ``$SSLKIT_CACHE``, else ``$XDG_CACHE_HOME/sslkit`` (by
+    default ``~/.cache/sslkit``); None when ``$SSLKIT_CACHE`` is ``off``."""
+    chosen = os.environ.get("SSLKIT_CACHE")
+    if chosen == "off":
+        return None
+    root = Path(chosen) if chosen else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sslkit"
+    return root / "features"
+
+
+def _feature_key(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device) -> str:
+    """sha256 of everything the features depend on: the encoder's class and weights, the images, the
+    device type and the PyTorch version."""
+    digest = hashlib.sha256(f"{type(encoder).__qualname__} {device.type} {torch.__version__}".encode())
+    for name, tensor in [*encoder.state_dict().items(), ("images", images)]:
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def frozen_features(encoder: torch.nn.Module, images: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """``protocol.extract_features``, kept on disk (``feature_cache_dir``): a notebook run again, or the
+    next notebook on the same encoder and images, reads them instead of computing them again.
+
+    The file is named by a sha256 of the encoder's class and weights, the images, the device type and
+    the PyTorch version, so any change to them computes afresh. Encoders without parameters (raw
+    pixels) are not kept: they cost nothing to compute. A cache file that cannot be read is replaced.
+    """
+    device = torch.device(device)
+    folder = feature_cache_dir()
+    if folder is None or not any(True for _ in encoder.parameters()):
+        return extract_features(encoder, images, device=device)
+    path = folder / f"{_feature_key(encoder, images, device)}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            pass  # a truncated or foreign file: computed again and overwritten below
+    features = extract_features(encoder, images, device=device)
+    save_torch_atomically(features, path)
+    return features
+
+
 def evaluate_frozen(
     name: str,
     encoder: torch.nn.Module,
@@ -95,12 +141,13 @@ def evaluate_frozen(
 ) -> FrozenEvaluationReport:
     """The frozen-feature protocol as every technique notebook runs it, with its checks.
 
-    Features of the training and test images; the linear probe (the shipped one in skip mode, a
-    new one chosen on the validation split after training); kNN. Prints what it measured beside
-    the manifest's figures; the notebook asserts that they agree in skip mode.
+    Features of the training and test images (``frozen_features``: computed once per machine); the
+    linear probe (the shipped one in skip mode, a new one chosen on the validation split after
+    training); kNN. Prints what it measured beside the manifest's figures; the notebook asserts that
+    they agree in skip mode.
     """
-    train_features = extract_features(encoder, train_data[0], device=device)
-    test_features = extract_features(encoder, test_data[0], device=device)
+    train_features = frozen_features(encoder, train_data[0], device)
+    test_features = frozen_features(encoder, test_data[0], device)
     shipped_probe = None if pretrain else load_probe(name, dataset)
     measured = evaluate_frozen_features(train_features, train_data[1], test_features, test_data[1], shipped_probe)
     evaluation = FrozenEvaluationReport(**vars(measured), class_names=dataset_info(dataset).class_names)

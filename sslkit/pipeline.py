@@ -174,7 +174,7 @@ def evaluate_new_encoder(encoder, train_data: Split, test_data: Split, dataset: 
     probe, results = evaluate_features(train_features, train_data[1], test_features, test_data[1])
     results["encoder_parameters"] = count_parameters(encoder)
     results["geometry"] = alignment_and_uniformity(encoder, test_data[0], device=device)
-    results["transfer"] = transfer(encoder, dataset, device, repeats=1 if limit else TRANSFER_REPEATS)
+    results["transfer"] = transfer(encoder, dataset, device, repeats=1 if limit else TRANSFER_REPEATS, limit=limit)
     if limit:
         results["limit"] = limit
     return probe, results
@@ -235,6 +235,7 @@ def remeasure_shipped(
     dataset: str = DEFAULT_DATASET,
     root: Path | None = None,
     transfer_repeats: int = TRANSFER_REPEATS,
+    transfer_limit: int | None = None,
 ) -> dict:
     """Everything ``python -m sslkit results`` measures of one shipped encoder, loaded once.
 
@@ -253,7 +254,7 @@ def remeasure_shipped(
     return {
         **measured,
         "geometry": alignment_and_uniformity(encoder, test_data[0], device=device),
-        "transfer": transfer(encoder, dataset, device, repeats=transfer_repeats),
+        "transfer": transfer(encoder, dataset, device, repeats=transfer_repeats, limit=transfer_limit),
     }
 
 

@@ -73,23 +73,30 @@ def transfer_probe(
 
 
 def transfer_digits(
-    encoder: torch.nn.Module, device: str | torch.device = "cpu", repeats: int = TRANSFER_REPEATS
+    encoder: torch.nn.Module,
+    device: str | torch.device = "cpu",
+    repeats: int = TRANSFER_REPEATS,
+    limit: int | None = None,
 ) -> dict:
-    """``transfer_probe`` on the encoder's frozen features of ``data.load_digits_28``, the dataset named."""
+    """``transfer_probe`` on the encoder's frozen features of ``data.load_digits_28`` (its first ``limit``
+    images in smoke runs), the dataset named."""
     images, labels = load_digits_28()
-    features = extract_features(encoder, images, device=device)
-    measured = transfer_probe(features, labels, repeats=repeats)
+    features = extract_features(encoder, images[:limit], device=device)
+    measured = transfer_probe(features, labels[:limit], repeats=repeats)
     return {"dataset": "scikit-learn digits, 8x8 upsampled to 28x28", **measured}
 
 
 def transfer_cifar100(
-    encoder: torch.nn.Module, device: str | torch.device = "cpu", repeats: int = TRANSFER_REPEATS
+    encoder: torch.nn.Module,
+    device: str | torch.device = "cpu",
+    repeats: int = TRANSFER_REPEATS,
+    limit: int | None = None,
 ) -> dict:
     """``transfer_probe`` on the frozen features of ``data.load_cifar100_transfer``: 10 CIFAR-100 classes
-    (6,000 images, both splits), none of them a CIFAR-10 class."""
+    (6,000 images, both splits; the first ``limit`` in smoke runs), none of them a CIFAR-10 class."""
     images, labels, names = load_cifar100_transfer()
-    features = extract_features(encoder, images, device=device)
-    measured = transfer_probe(features, labels, repeats=repeats)
+    features = extract_features(encoder, images[:limit], device=device)
+    measured = transfer_probe(features, labels[:limit], repeats=repeats)
     return {"dataset": f"CIFAR-100, {len(names)} classes ({', '.join(names)})", **measured}
 
 
@@ -98,12 +105,14 @@ def transfer(
     dataset: str = DEFAULT_DATASET,
     device: str | torch.device = "cpu",
     repeats: int = TRANSFER_REPEATS,
+    limit: int | None = None,
 ) -> dict:
     """The transfer task of an encoder pretrained on ``dataset``: the digits for the grey datasets
-    (Fashion-MNIST, MNIST), 10 classes of CIFAR-100 for CIFAR-10."""
+    (Fashion-MNIST, MNIST), 10 classes of CIFAR-100 for CIFAR-10. ``limit``: only its first images
+    (smoke runs; the result records how many it used)."""
     if dataset_info(dataset).channels == 1:
-        return transfer_digits(encoder, device, repeats)
-    return transfer_cifar100(encoder, device, repeats)
+        return transfer_digits(encoder, device, repeats, limit)
+    return transfer_cifar100(encoder, device, repeats, limit)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
