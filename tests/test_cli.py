@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -5,9 +7,26 @@ import sys
 import pytest
 import torch
 
+from sslkit.cli import main
 
-def sslkit(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "sslkit", *args], capture_output=True, text=True, env=env, timeout=600)
+
+def sslkit(*args):
+    """``python -m sslkit ARGS`` run in this process, as ``__main__`` runs it (``cli.main``): its exit status
+    and output. In-process, so that each call does not pay for importing PyTorch again; the entry point
+    itself is tested as a real subprocess below."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse: --help and bad arguments
+            code = exit.code if isinstance(exit.code, int) else 1
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+def test_python_dash_m_sslkit_is_the_command_line():
+    ran = subprocess.run([sys.executable, "-m", "sslkit", "pretrain", "--epochs", "0"], capture_output=True, text=True)
+    assert ran.returncode == 2 and "argument --epochs: must be a positive integer, got 0" in ran.stderr
+    assert subprocess.run([sys.executable, "-m", "sslkit", "--help"], capture_output=True, text=True).returncode == 0
 
 
 @pytest.mark.parametrize(
