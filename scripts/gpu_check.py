@@ -71,7 +71,8 @@ def stopped_and_resumed(device: torch.device, steps: int, batch_size: int) -> di
     images, _ = load_dataset("fashion-mnist", "train")
     images = images[: steps * batch_size]
     amp_dtype = "float16" if device.type == "cuda" else None  # the scaler's state must resume too
-    config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, amp_dtype=amp_dtype)
+    recipe = method_class("simclr").recipe
+    config = TrainConfig(epochs=2, batch_size=batch_size, steps_per_epoch=steps, amp_dtype=amp_dtype, **recipe)
     whole = train(build_method("simclr", seed=0), images, None, config, device, progress=False)
 
     def stop_after_first_epoch(method, epoch):

@@ -289,7 +289,7 @@ def train_one_epoch(
                 raise NonFiniteLossError(
                     f"{method.name}: the loss became {total} in epoch {epoch + 1}, between steps {checked + 1} "
                     f"and {step + 1} (global steps {first} to {first + step - checked}); training stopped. "
-                    f"Lower the learning rate (now {state.scheduler.get_last_lr()[0]:.3g}) or check the inputs."
+                    f"Lower the learning rate (its peak is {config.lr:g}) or check the inputs."
                 )
             checked = step + 1
             bar.set_postfix(loss=f"{total / checked:.4f}")
