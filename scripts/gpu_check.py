@@ -35,11 +35,10 @@ from pathlib import Path
 
 import torch
 
-from sslkit import TRAINABLE
 from sslkit.bench import bench_augmentation, train_throughput
 from sslkit.data import load_dataset
 from sslkit.devices import describe_device, resolve_device
-from sslkit.methods import build_method, method_class
+from sslkit.methods import TRAINABLE, build_method, method_class
 from sslkit.train import TrainConfig, train
 
 RESULTS: list[dict] = []  # one row per check, printed at the end

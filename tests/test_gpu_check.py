@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sslkit import TRAINABLE
+from sslkit.methods import TRAINABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 
