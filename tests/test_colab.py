@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import pytest
 import torch
 import torchvision.datasets
 from nbclient import NotebookClient
+from test_setup_cells import notebook_setup  # scripts/notebook_setup.py, the setup cell's generator
 
 import sslkit
 from sslkit import data
@@ -36,14 +36,6 @@ from sslkit import data
 ROOT = Path(__file__).resolve().parent.parent
 # torchvision's names of Fashion-MNIST's files, in the order of FashionMNIST.resources
 SERVED = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def notebook_setup():
-    """scripts/notebook_setup.py, the generator of the setup cell, as a module."""
-    spec = importlib.util.spec_from_file_location("notebook_setup", ROOT / "scripts" / "notebook_setup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
