@@ -55,6 +55,15 @@ SIMCLR_AUGMENT = AugmentConfig()
 SUPERVISED_AUGMENT = AugmentConfig(crop_scale=(0.6, 1.0), jitter_prob=0.0, blur_prob=0.0)
 # Mirror images only: every pixel of the target stays where the encoder saw it.
 FLIP_AUGMENT = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_prob=0.0, blur_prob=0.0)
+# The augmentation ablation of notebook 04 (SimCLR, Chen et al. 2020, Section 3 and Fig. 5): SimCLR's
+# views with one part taken out, or crops alone. ``sweep simclr views all no_crop ...`` runs them.
+VIEW_ABLATIONS = {
+    "all": SIMCLR_AUGMENT,
+    "no_crop": replace(SIMCLR_AUGMENT, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)),
+    "no_jitter": replace(SIMCLR_AUGMENT, jitter_prob=0.0),
+    "no_blur": replace(SIMCLR_AUGMENT, blur_prob=0.0),
+    "crop_only": replace(SIMCLR_AUGMENT, jitter_prob=0.0, blur_prob=0.0),
+}
 # SimCLR's colour augmentation on CIFAR-10 (Chen et al. 2020, Appendix A and B.9): jitter strength
 # s = 0.5 gives brightness, contrast and saturation 0.8·s (brightness and contrast are 0.4 already)
 # and hue 0.2·s; colour drop (grayscale) with probability 0.2.

@@ -435,6 +435,14 @@ def int_or_float(text: str) -> int | float:
         return float(text)
 
 
+def number_or_name(text: str) -> int | float | str:
+    """``"4"`` → 4, ``"0.25"`` → 0.25, ``"no_crop"`` → ``"no_crop"`` (the sweep checks names against PARAM)."""
+    try:
+        return int_or_float(text)
+    except ValueError:
+        return text
+
+
 def add_sweep_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
@@ -449,7 +457,14 @@ def add_sweep_parser(subparsers) -> None:
     )
     parser.add_argument("method", choices=TRAINABLE, metavar="METHOD", help=f"one of: {', '.join(TRAINABLE)}")
     parser.add_argument("param", metavar="PARAM", help="the setting to vary")
-    parser.add_argument("values", type=int_or_float, nargs="+", metavar="VALUE", help="its values")
+    parser.add_argument(
+        "values",
+        type=number_or_name,
+        nargs="+",
+        metavar="VALUE",
+        help="its values: numbers, or for PARAM views the names of view sets (all, no_crop, no_jitter, no_blur, "
+        "crop_only: SimCLR's views with one part taken out, or crops and flips alone)",
+    )
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="seeds: one run per value and seed (default: 0)"
@@ -474,6 +489,15 @@ def add_sweep_parser(subparsers) -> None:
         help="also record collapse diagnostics of each run's embeddings (per-dimension std, "
         "covariance block, singular values) on 2,048 validation images",
     )
+    parser.add_argument(
+        "--monitor-every",
+        type=positive_int,
+        default=0,
+        metavar="N",
+        help="every N epochs and at the end, record a kNN accuracy on 2,048 validation images (bank: 10,000 "
+        "training images) and, for joint-embedding methods, the embeddings' mean standard deviation and "
+        "effective rank, in each run's history",
+    )
     add_device_argument(parser)
     add_weights_argument(parser, WEIGHTS_HELP)
     add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
@@ -497,6 +521,7 @@ def run_sweep(args: argparse.Namespace) -> None:
         warmup_epochs=args.warmup_epochs,
         lr_scaling=args.lr_scaling,
         diagnostics=args.diagnostics,
+        monitor_every=args.monitor_every,
         dataset=args.dataset,
         root=args.weights,
         limit=args.limit,

@@ -18,7 +18,7 @@ from scipy import stats
 from .data import DEFAULT_DATASET, dataset_info
 from .devices import describe_device, resolve_device
 from .files import save_torch_atomically
-from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, low_label_linear_probe
+from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, FineTuneConfig, low_label_linear_probe
 from .plots import plot_confusion_matrix, plot_per_class_accuracy
 from .protocol import FrozenEvaluation, confusion_matrix, evaluate_frozen_features, extract_features, per_class_accuracy
 from .version import __version__
@@ -27,11 +27,35 @@ from .weights import load_probe, manifest_entry
 FEW_LABELS = tuple(f"{fraction:g}" for fraction in FINE_TUNE_FRACTIONS)  # the manifest's keys: "0.01", "0.1"
 
 
+SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, SMOKE_FINE_TUNE_STEPS = 2, 3, 4
+
+
+@dataclass
+class RunMode:
+    """How this notebook runs: on the shipped weights, or training again (``PRETRAIN``), perhaps in the
+    smoke configuration (``SSLKIT_SMOKE=1``: a few steps of everything, to test the training path)."""
+
+    pretrain: bool = False
+    smoke: bool = False
+
+
+RUN = RunMode()
+
+
+def _switch(variable: str) -> bool | None:
+    value = os.environ.get(variable)
+    if value not in (None, "", "0", "1"):
+        raise ValueError(f"{variable} must be 0 or 1, got {value!r}")
+    return None if value in (None, "") else value == "1"
+
+
 def setup(seed: int = 0, pretrain_default: bool = False) -> tuple[torch.device, bool]:
     """Seed everything, pick the device and read the ``PRETRAIN`` switch.
 
     ``PRETRAIN`` is ``pretrain_default`` (False: load the shipped, verified weights) unless the
-    environment variable ``SSLKIT_PRETRAIN`` is set to 1 (train for real) or 0.
+    environment variable ``SSLKIT_PRETRAIN`` is set to 1 (train for real) or 0. ``SSLKIT_SMOKE=1``
+    (with ``SSLKIT_PRETRAIN=1``) shrinks every training run of the notebook to a few steps
+    (``training_budget``, ``fine_tune_config``): a test of the training path, not a result.
 
     Returns:
         ``(device, PRETRAIN)``.
@@ -39,16 +63,60 @@ def setup(seed: int = 0, pretrain_default: bool = False) -> tuple[torch.device, 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    value = os.environ.get("SSLKIT_PRETRAIN")
-    if value not in (None, "", "0", "1"):
-        raise ValueError(f"SSLKIT_PRETRAIN must be 0 or 1, got {value!r}")
-    pretrain = pretrain_default if value in (None, "") else value == "1"
+    switch = _switch("SSLKIT_PRETRAIN")
+    pretrain = pretrain_default if switch is None else switch
+    smoke = bool(_switch("SSLKIT_SMOKE"))
+    if smoke and not pretrain:
+        raise ValueError("SSLKIT_SMOKE=1 shrinks training runs, so it needs SSLKIT_PRETRAIN=1 as well")
+    RUN.pretrain, RUN.smoke = pretrain, smoke
     device = resolve_device("auto")
     plt.rcParams.update({"figure.dpi": 90, "savefig.dpi": 120, "axes.spines.top": False, "axes.spines.right": False})
     mode = "PRETRAIN=True: training from scratch" if pretrain else "PRETRAIN=False: loading the shipped weights"
+    if smoke:
+        mode += f" (smoke: {SMOKE_EPOCHS} epochs of {SMOKE_STEPS_PER_EPOCH} steps, not a result)"
     package = Path(__file__).resolve().parent
     print(f"sslkit {__version__} from {package}, torch {torch.__version__}\ndevice: {describe_device(device)}; {mode}")
     return device, pretrain
+
+
+def training_budget(entry: dict) -> dict:
+    """``TrainConfig`` arguments of the shipped run (its epochs and batch size, from its manifest
+    ``entry``), or of the smoke configuration."""
+    if RUN.smoke:
+        return {"epochs": SMOKE_EPOCHS, "batch_size": entry["batch_size"], "steps_per_epoch": SMOKE_STEPS_PER_EPOCH}
+    return {"epochs": entry["epochs"], "batch_size": entry["batch_size"]}
+
+
+def fine_tune_config() -> FineTuneConfig:
+    """The series' fine-tuning recipe, or a few steps of it in the smoke configuration."""
+    return FineTuneConfig(steps=SMOKE_FINE_TUNE_STEPS, evaluations=1) if RUN.smoke else FineTuneConfig()
+
+
+class StaleClaimError(AssertionError):
+    """A sentence of a notebook that the shipped results no longer support."""
+
+
+def claim(holds, sentence: str) -> None:
+    """Guard a sentence of the notebook's prose with the measurement behind it.
+
+    With the shipped weights a sentence that does not hold is an error (``StaleClaimError``), so a
+    test run catches prose that a new result made stale. On the reader's own run (``PRETRAIN``) it
+    is a note instead: the sentence describes the shipped run, and another run may differ."""
+    if bool(holds):
+        return
+    if RUN.pretrain:
+        print(f"Note: the text says that {sentence}; this does not hold for your run (it describes the shipped one).")
+        return
+    raise StaleClaimError(f"the text says that {sentence}, but the shipped results do not support it: update the text")
+
+
+def accuracy_noise(*accuracies: float, images: int | None = None) -> float:
+    """Standard error of a test accuracy measured on ``images`` test images (default: the series'
+    test set), or of the difference of two measured on separate test draws:
+    √(Σ p(1 − p) / n). It is the noise of sampling the test set only; another training seed adds
+    its own (the fine-tuning results record that one, as a standard deviation over seeds)."""
+    n = images or dataset_info(DEFAULT_DATASET).sizes["test"]
+    return float(np.sqrt(sum(p * (1 - p) for p in accuracies) / n))
 
 
 @dataclass
@@ -69,6 +137,44 @@ class FrozenEvaluationReport(FrozenEvaluation):
         plot_per_class_accuracy(per_class, self.class_names, title=title)
         return per_class
 
+    def summary(self, labels: torch.Tensor, title: str, top: int = 3) -> tuple[dict[str, torch.Tensor], list]:
+        """The compact view every technique notebook shows: one figure with the per-class test accuracy
+        (probe and kNN) beside the probe's confusion matrix, the hardest class and the ``top`` largest
+        confusions printed. (Notebook 08 shows each view in full for every method.)
+
+        Returns:
+            ``(per_class, pairs)``: per-class accuracies by classifier, and the ``(true, predicted)``
+            class pairs of the largest confusions, largest first.
+        """
+        per_class = {
+            "linear probe": per_class_accuracy(self.predictions, labels),
+            "kNN": per_class_accuracy(self.knn_predictions, labels),
+        }
+        classes = len(self.class_names)
+        matrix = confusion_matrix(self.predictions, labels, classes)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1.2, 1]})
+        plot_per_class_accuracy(per_class, self.class_names, title="per-class test accuracy", ax=left)
+        plot_confusion_matrix(matrix, self.class_names, title="linear probe: confusions (% of true class)", ax=right)
+        fig.suptitle(title)
+        fig.tight_layout()
+        hardest = int(per_class["linear probe"].argmin())
+        print(
+            f"hardest class: {self.class_names[hardest]} (probe {100 * per_class['linear probe'][hardest]:.1f}%, "
+            f"kNN {100 * per_class['kNN'][hardest]:.1f}%)"
+        )
+        pairs = self._largest_confusions(matrix, top)
+        return per_class, pairs
+
+    def _largest_confusions(self, matrix: torch.Tensor, top: int) -> list[tuple[int, int]]:
+        """The ``top`` largest off-diagonal cells of ``matrix`` as ``(true, predicted)``, printed."""
+        classes = len(self.class_names)
+        off_diagonal = matrix.clone().fill_diagonal_(0)
+        pairs = [divmod(index, classes) for index in torch.topk(off_diagonal.flatten(), top).indices.tolist()]
+        for true, predicted in pairs:
+            count = off_diagonal[true, predicted].item()
+            print(f"{self.class_names[true]} taken for {self.class_names[predicted]}: {count} test images")
+        return pairs
+
     def confusions(self, labels: torch.Tensor, title: str, top: int = 3) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """The linear probe's confusion matrix, drawn, and its ``top`` largest mistakes, printed.
 
@@ -76,15 +182,9 @@ class FrozenEvaluationReport(FrozenEvaluation):
             ``(matrix, pairs)``: the matrix (rows: true class, columns: predicted) and the
             ``(true, predicted)`` class pairs of the largest off-diagonal counts, largest first.
         """
-        classes = len(self.class_names)
-        matrix = confusion_matrix(self.predictions, labels, classes)
+        matrix = confusion_matrix(self.predictions, labels, len(self.class_names))
         plot_confusion_matrix(matrix, self.class_names, title=title)
-        off_diagonal = matrix.clone().fill_diagonal_(0)
-        pairs = [divmod(index, classes) for index in torch.topk(off_diagonal.flatten(), top).indices.tolist()]
-        for true, predicted in pairs:
-            count = off_diagonal[true, predicted].item()
-            print(f"{self.class_names[true]} taken for {self.class_names[predicted]}: {count} test images")
-        return matrix, pairs
+        return matrix, self._largest_confusions(matrix, top)
 
 
 def feature_cache_dir() -> Path | None:

@@ -12,11 +12,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from . import distributed
+from .augment import VIEW_ABLATIONS
 from .data import DEFAULT_DATASET, dataset_info, load_dataset, locate
 from .devices import describe_device
-from .geometry import alignment_and_uniformity, embedding_diagnostics
+from .geometry import alignment_and_uniformity, effective_rank, embedding_diagnostics, singular_values
 from .methods import (
     SPECS,
     JointEmbedding,
@@ -27,9 +29,12 @@ from .methods import (
 )
 from .models import count_parameters
 from .protocol import (
+    accuracy,
+    encode_images,
     evaluate_features,
     evaluate_frozen_features,
     extract_features,
+    knn_predict,
     probe_validation_split,
     select_and_fit_linear_probe,
 )
@@ -306,6 +311,31 @@ SWEEPABLE_TRAIN_SETTINGS = tuple(
 )
 
 
+MONITOR_BANK = 10_000  # training images whose features the monitoring kNN searches
+MONITOR_QUERIES = 2_048  # validation images it classifies, and whose embeddings it measures
+MONITORED = ("knn_validation_accuracy", "embedding_std", "embedding_effective_rank")
+
+
+@torch.no_grad()
+def monitor(method, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
+    """How a run is doing, measured cheaply enough to do every few epochs: a kNN classifier's accuracy
+    on part of the validation split (the test set is never used) and, for joint-embedding methods,
+    the label-free collapse signals of the embeddings the loss sees: the mean per-dimension standard
+    deviation of the L2-normalised embeddings (0 when they collapse to a point, about 1/√D when they
+    spread over the sphere; SimSiam, Chen and He 2021, Section 4.1 and Fig. 2) and their effective rank."""
+    fit_indices, validation_indices = probe_validation_split(labels)
+    bank, queries = fit_indices[:MONITOR_BANK], validation_indices[:MONITOR_QUERIES]
+    bank_features = extract_features(method.encoder, images[bank], device=device)
+    query_features = extract_features(method.encoder, images[queries], device=device)
+    predictions = knn_predict(bank_features, labels[bank], query_features)
+    record = {MONITORED[0]: accuracy(predictions, labels[queries])}
+    if isinstance(method, JointEmbedding):
+        embeddings = encode_images(method.embed, images[queries], device).double()
+        record[MONITORED[1]] = F.normalize(embeddings, dim=1).std(dim=0).mean().item()
+        record[MONITORED[2]] = effective_rank(singular_values(embeddings))
+    return record
+
+
 @dataclass
 class Sweep:
     """Short runs of one method over the values of one setting, scored by the linear probe on the
@@ -321,6 +351,7 @@ class Sweep:
     diagnostics: bool = False  # collapse diagnostics of each run's embeddings
     dataset: str = DEFAULT_DATASET
     root: Path | None = None
+    monitor_every: int = 0  # every N epochs, label-free health and a kNN on the validation split (0: never)
     limit: int | None = None  # smoke runs
     steps_per_epoch: int | None = None  # smoke runs
     command: str = ""
@@ -328,9 +359,21 @@ class Sweep:
     def check(self) -> None:
         """A clear error for a setting the method does not have, or options that do not fit it."""
         settings = set(method_settings(self.method)) | set(SWEEPABLE_TRAIN_SETTINGS)
+        if issubclass(method_class(self.method), JointEmbedding):
+            settings.add("views")
         if self.param not in settings:
             choices = ", ".join(sorted(settings))
             raise ValueError(f"{self.method} has no setting {self.param!r}; choose one of {choices}")
+        if self.param == "views":
+            unknown = [value for value in self.values if value not in VIEW_ABLATIONS]
+            if unknown:
+                raise ValueError(f"unknown views {unknown}; choose among {', '.join(VIEW_ABLATIONS)}")
+            if dataset_info(self.dataset).channels != 1:
+                raise ValueError(f"the view ablation is defined for greyscale images, not {self.dataset}'s colour ones")
+        elif any(isinstance(value, str) for value in self.values):
+            raise ValueError(f"{self.param} takes numbers, got {self.values}")
+        if self.monitor_every < 0:
+            raise ValueError(f"--monitor-every must be 0 (off) or a number of epochs, got {self.monitor_every}")
         if self.lr_scaling != "none" and self.param != "batch_size":
             raise ValueError(f"--lr-scaling {self.lr_scaling} applies only when sweeping batch_size, not {self.param}")
         if self.diagnostics and not issubclass(method_class(self.method), JointEmbedding):
@@ -342,6 +385,8 @@ class Sweep:
         recipe = method_class(self.method).recipe
         warmup = recipe["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs
         settings = {"epochs": self.epochs, "warmup_epochs": warmup, "lr_scaling": self.lr_scaling}
+        if self.monitor_every:
+            settings["monitor_every"] = self.monitor_every
         if self.limit or self.steps_per_epoch:
             settings["smoke"] = {"limit": self.limit, "steps_per_epoch": self.steps_per_epoch}
         return settings
@@ -355,7 +400,7 @@ class Sweep:
         return {
             (run["value"], run.get("seed", 0)): run
             for run in previous.get("runs", [])
-            if "diagnostics" in run or not self.diagnostics
+            if ("diagnostics" in run or not self.diagnostics) and ("history" in run or not self.monitor_every)
         }
 
     def train_config(self, value, seed: int) -> TrainConfig:
@@ -370,12 +415,24 @@ class Sweep:
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
         """Train one run and score it on the validation split; its record."""
         settings = {self.param: value} if self.param in method_settings(self.method) else {}
+        if self.param == "views":
+            settings = {"augment_config": VIEW_ABLATIONS[value]}
         method = build_method(self.method, self.dataset, seed=seed, **settings)
         config = self.train_config(value, seed)
+        on_epoch_end = None
+        if self.monitor_every:
+
+            def on_epoch_end(method, epoch):
+                if epoch % self.monitor_every and epoch != config.epochs:
+                    return {}
+                return monitor(method, images, labels, device)
+
         started = time.perf_counter()
-        history = train(method, images, labels, config, device, progress=False, dataset=self.dataset)
+        history = train(
+            method, images, labels, config, device, progress=False, on_epoch_end=on_epoch_end, dataset=self.dataset
+        )
         _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
-        last = {key: value for key, value in history[-1].items() if key not in ("epoch", "lr", "seconds")}
+        last = {key: value for key, value in history[-1].items() if key not in ("epoch", "lr", "seconds", *MONITORED)}
         run = {
             "value": value,
             "seed": seed,
@@ -384,6 +441,12 @@ class Sweep:
             "validation_accuracy": round(max(validation.values()), 6),
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if self.monitor_every:
+            run["history"] = [
+                {key: round(record[key], 6) for key in ("epoch", "loss", *MONITORED) if key in record}
+                for record in history
+                if MONITORED[0] in record
+            ]
         if self.diagnostics:
             _, validation_indices = probe_validation_split(labels)
             run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
@@ -412,7 +475,9 @@ class Sweep:
                     )
                     continue
                 runs.append(self.run_one(value, seed, images, labels, device))
-                metrics = {k: v for k, v in runs[-1].items() if k not in ("value", "seed", "lr", "diagnostics")}
+                metrics = {
+                    k: v for k, v in runs[-1].items() if k not in ("value", "seed", "lr", "diagnostics", "history")
+                }
                 report(
                     f"{self.method} {self.param}={value} seed {seed} (lr {runs[-1]['lr']:.4g}): "
                     + ", ".join(

@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.patches import FancyArrowPatch
 
 from .data import FASHION_MNIST, DatasetInfo
 
@@ -123,12 +124,16 @@ def plot_history(
 
 
 def plot_confusion_matrix(
-    matrix: torch.Tensor, class_names: tuple[str, ...] = SERIES_CLASSES, title: str = "Confusion matrix (test set)"
+    matrix: torch.Tensor,
+    class_names: tuple[str, ...] = SERIES_CLASSES,
+    title: str = "Confusion matrix (test set)",
+    ax: plt.Axes | None = None,
 ) -> plt.Figure:
-    """Row-normalised confusion matrix with the counts' percentages written in the cells."""
+    """Row-normalised confusion matrix with the counts' percentages written in the cells (on ``ax``, or
+    on a figure of its own)."""
     counts = matrix.double()
     rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(7, 6)) if ax is None else (ax.figure, ax)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(rates)):
         for j in range(len(rates)):
@@ -156,9 +161,11 @@ def plot_per_class_accuracy(
     accuracies: dict[str, torch.Tensor | list[float]],
     class_names: tuple[str, ...] = SERIES_CLASSES,
     title: str = "Per-class accuracy (test set)",
+    ax: plt.Axes | None = None,
 ) -> plt.Figure:
-    """Grouped bars: one group per class, one bar per entry of ``accuracies`` (e.g. probe and kNN)."""
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    """Grouped bars: one group per class, one bar per entry of ``accuracies`` (e.g. probe and kNN), on
+    ``ax`` or on a figure of its own."""
+    fig, ax = plt.subplots(figsize=(9, 3.8)) if ax is None else (ax.figure, ax)
     width = 0.8 / len(accuracies)
     positions = np.arange(len(class_names))
     for i, (name, values) in enumerate(accuracies.items()):
@@ -319,5 +326,106 @@ def plot_label_efficiency(results: dict[str, dict], title: str = "Fine-tuning wi
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# The kinds of block a diagram draws, and their colours: data, trained networks, parts that are
+# thrown away after pretraining (heads, decoders), objectives, and what is not trained by gradients.
+DIAGRAM_COLOURS = {
+    "data": "#e8e8e8",
+    "network": "#9ecae1",
+    "head": "#fdd0a2",
+    "loss": "#fc9272",
+    "fixed": "#c7e9c0",
+}
+DIAGRAM_LEGEND = {
+    "data": "data",
+    "network": "encoder: kept after pretraining",
+    "head": "head or decoder: thrown away",
+    "loss": "objective",
+    "fixed": "not trained by gradients",
+}
+
+
+def draw_diagram(
+    boxes: dict[str, tuple[float, float, str, str]],
+    arrows: list[tuple],
+    title: str | None = None,
+    size: tuple[float, float] = (10, 3),
+) -> plt.Figure:
+    """A block diagram of a method, from the blocks a notebook lists.
+
+    Args:
+        boxes: ``name -> (x, y, text, kind)``: the centre of a block in axes units (0 to 1), its
+            text, and its kind, one of ``DIAGRAM_COLOURS`` (data, network, head, loss, fixed).
+        arrows: ``(from, to)`` or ``(from, to, label)``, optionally with a fourth item ``"dashed"``
+            (no gradient flows back along it, e.g. a stop-gradient).
+        title: above the diagram.
+    """
+    unknown = {kind for *_, kind in boxes.values()} - set(DIAGRAM_COLOURS)
+    if unknown:
+        raise ValueError(f"unknown block kinds {sorted(unknown)}; use {', '.join(DIAGRAM_COLOURS)}")
+    missing = {name for arrow in arrows for name in arrow[:2]} - set(boxes)
+    if missing:
+        raise ValueError(f"arrows name blocks that do not exist: {sorted(missing)}")
+    fig, ax = plt.subplots(figsize=size)
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+    ax.axis("off")
+    texts = {
+        name: ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=9,
+            zorder=2,
+            bbox={"boxstyle": "round,pad=0.45", "facecolor": DIAGRAM_COLOURS[kind], "edgecolor": "#555555"},
+        )
+        for name, (x, y, text, kind) in boxes.items()
+    }
+    for source, target, *rest in arrows:
+        label = rest[0] if rest else None
+        style = "--" if "dashed" in rest[1:] else "-"
+        start, end = boxes[source][:2], boxes[target][:2]
+        arrow = FancyArrowPatch(
+            start,
+            end,
+            arrowstyle="-|>",
+            mutation_scale=12,
+            linestyle=style,
+            color="#333333",
+            zorder=3,
+            patchA=texts[source].get_bbox_patch(),
+            patchB=texts[target].get_bbox_patch(),
+        )
+        ax.add_patch(arrow)
+        if label:
+            middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+            ax.annotate(
+                label,
+                middle,
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="#333333",
+                zorder=4,
+            )
+    kinds = [kind for kind in DIAGRAM_COLOURS if any(box[3] == kind for box in boxes.values())]
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=DIAGRAM_COLOURS[kind], edgecolor="#555555") for kind in kinds]
+    ax.legend(
+        handles,
+        [DIAGRAM_LEGEND[kind] for kind in kinds],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=len(kinds),
+        frameon=False,
+        fontsize=8,
+    )
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig

@@ -282,3 +282,23 @@ def test_random_rotations_are_labelled_with_the_rotation_applied(small_batch):
     assert torch.equal(rotate_back(rotated, labels), images)
     again, labels_again = random_rotations(images, torch.Generator().manual_seed(0))
     assert torch.equal(again, rotated) and torch.equal(labels_again, labels)
+
+
+def test_each_view_ablation_takes_out_exactly_the_part_it_names():
+    from dataclasses import asdict
+
+    from sslkit.augment import SIMCLR_AUGMENT, VIEW_ABLATIONS
+
+    full = asdict(SIMCLR_AUGMENT)
+    changed = {
+        name: {key for key, value in asdict(config).items() if value != full[key]}
+        for name, config in VIEW_ABLATIONS.items()
+    }
+    assert changed == {
+        "all": set(),
+        "no_crop": {"crop_scale", "crop_ratio"},
+        "no_jitter": {"jitter_prob"},
+        "no_blur": {"blur_prob"},
+        "crop_only": {"jitter_prob", "blur_prob"},
+    }
+    assert VIEW_ABLATIONS["no_crop"].crop_scale == (1.0, 1.0) and VIEW_ABLATIONS["crop_only"].blur_prob == 0

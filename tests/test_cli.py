@@ -52,6 +52,10 @@ def test_every_command_explains_its_options(command):
         (["sweep", "vae", "gamma", "1"], "vae has no setting 'gamma'; choose one of batch_size, beta"),
         (["sweep", "simclr", "temperature", "0.5", "--lr-scaling", "linear"], "applies only when sweeping batch_size"),
         (["sweep", "vae", "beta", "1", "--diagnostics"], "--diagnostics needs a joint-embedding method"),
+        (["sweep", "simclr", "views", "all", "sideways"], "unknown views ['sideways']; choose among all, no_crop"),
+        (["sweep", "simclr", "temperature", "warm"], "temperature takes numbers, got ['warm']"),
+        (["sweep", "vae", "views", "all"], "vae has no setting 'views'"),
+        (["sweep", "simclr", "views", "all", "--dataset", "cifar10"], "defined for greyscale images"),
     ],
 )
 def test_invalid_values_get_a_clear_error(args, message):
@@ -184,6 +188,35 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
         json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["sweeps"]["batch_size"]["runs"]
         == sweep["runs"]
     )
+
+    # The augmentation ablation of notebook 04, each run monitored without labels along the way.
+    ablation = sslkit(
+        "sweep",
+        "simclr",
+        "views",
+        "all",
+        "no_crop",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "1",
+        "--limit",
+        "600",
+        "--weights",
+        str(out),
+        "--monitor-every",
+        "1",
+    )
+    assert ablation.returncode == 0, ablation.stderr
+    sweep = json.loads((out / "manifest.json").read_text())["methods"]["simclr"]["results"]["sweeps"]["views"]
+    assert [run["value"] for run in sweep["runs"]] == ["all", "no_crop"] and sweep["monitor_every"] == 1
+    history = sweep["runs"][0]["history"]
+    assert [record["epoch"] for record in history] == [1, 2] and history[-1]["loss"] == sweep["runs"][0]["loss"]
+    assert all(0 <= record["knn_validation_accuracy"] <= 1 for record in history)
+    # the normalised embeddings' per-dimension std is at most 1/√D = 0.088 for D = 128; the rank at most 60 images
+    assert all(0 < record["embedding_std"] <= 128**-0.5 + 1e-6 for record in history)
+    assert all(1 <= record["embedding_effective_rank"] <= 60 for record in history)
+    assert sweep["runs"][0]["validation_accuracy"] != sweep["runs"][1]["validation_accuracy"]  # other views
 
     # results on two shipped encoders: re-measured, recorded, and a well-formed table written between the markers
     random = sslkit("pretrain", "random", "--limit", "600", "--out", str(out), "--no-progress")

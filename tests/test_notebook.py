@@ -9,13 +9,19 @@ from sslkit.finetune import low_label_linear_probe
 from sslkit.methods import build_untrained_encoder
 from sslkit.notebook import (
     FEW_LABELS,
+    RUN,
     FrozenEvaluationReport,
+    StaleClaimError,
+    accuracy_noise,
+    claim,
     feature_cache_dir,
+    fine_tune_config,
     frozen_features,
     print_frozen_against_fine_tuned,
     print_gain_over_scratch,
     print_label_efficiency,
     setup,
+    training_budget,
 )
 from sslkit.protocol import FrozenEvaluation, extract_features
 from sslkit.weights import save_manifest
@@ -78,6 +84,51 @@ def test_setup_rejects_a_bad_pretrain_switch(monkeypatch):
     monkeypatch.setenv("SSLKIT_PRETRAIN", "yes")
     with pytest.raises(ValueError, match="SSLKIT_PRETRAIN must be 0 or 1"):
         setup()
+
+
+@pytest.fixture
+def run_mode():
+    """Gives ``notebook.RUN`` back as it was: ``setup`` sets it for the whole process."""
+    saved = (RUN.pretrain, RUN.smoke)
+    yield RUN
+    RUN.pretrain, RUN.smoke = saved
+
+
+def test_a_claim_that_does_not_hold_is_an_error_on_the_shipped_weights_and_a_note_on_a_new_run(
+    monkeypatch, run_mode, capsys
+):
+    monkeypatch.delenv("SSLKIT_PRETRAIN", raising=False)
+    setup()
+    claim(torch.tensor(True), "the probe beats kNN")  # a tensor's truth value, as comparisons of results give
+    with pytest.raises(StaleClaimError, match="the text says that the probe beats kNN, but the shipped results"):
+        claim(0.85 > 0.86, "the probe beats kNN")
+    monkeypatch.setenv("SSLKIT_PRETRAIN", "1")
+    setup()
+    claim(0.85 > 0.86, "the probe beats kNN")
+    assert "Note: the text says that the probe beats kNN; this does not hold for your run" in capsys.readouterr().out
+
+
+def test_the_smoke_configuration_shrinks_every_run_and_needs_pretrain(monkeypatch, run_mode):
+    entry = {"epochs": 100, "batch_size": 256}
+    monkeypatch.delenv("SSLKIT_PRETRAIN", raising=False)
+    monkeypatch.delenv("SSLKIT_SMOKE", raising=False)
+    setup()
+    assert training_budget(entry) == entry and fine_tune_config().steps == 1000
+    monkeypatch.setenv("SSLKIT_SMOKE", "1")
+    with pytest.raises(ValueError, match="needs SSLKIT_PRETRAIN=1 as well"):
+        setup()
+    monkeypatch.setenv("SSLKIT_PRETRAIN", "1")
+    setup()
+    assert training_budget(entry) == {"epochs": 2, "batch_size": 256, "steps_per_epoch": 3}
+    assert fine_tune_config().steps < 10 and run_mode.smoke and run_mode.pretrain
+
+
+def test_accuracy_noise_is_the_binomial_standard_error_of_the_test_set():
+    assert accuracy_noise(0.9) == pytest.approx(math.sqrt(0.9 * 0.1 / 10_000))
+    assert accuracy_noise(0.9, 0.8) == pytest.approx(math.sqrt((0.09 + 0.16) / 10_000))
+    # simulated: the spread of accuracies over many draws of a 10,000-image test set
+    draws = (torch.rand(2000, 10_000, generator=torch.Generator().manual_seed(0)) < 0.9).double().mean(dim=1)
+    assert draws.std().item() == pytest.approx(accuracy_noise(0.9), rel=0.1)
 
 
 def test_frozen_evaluation_reports_per_class_accuracy_and_the_largest_confusions(capsys):

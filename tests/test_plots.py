@@ -1,8 +1,10 @@
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from sslkit.plots import plot_geometry
+from sslkit.plots import DIAGRAM_COLOURS, draw_diagram, plot_geometry
 
 
 def test_geometry_plot_puts_each_encoder_at_its_uniformity_and_alignment_in_its_style():
@@ -37,3 +39,36 @@ def test_show_images_draws_grey_images_in_grey_and_colour_images_in_colour():
     assert drawn.get_array().shape == (28, 28) and drawn.get_cmap().name == "gray"
     assert np.allclose(drawn.get_array(), grey[0].numpy() / 255)
     plt.close(fig)
+
+
+def test_a_diagram_draws_each_block_in_the_colour_of_its_kind_and_each_arrow():
+    boxes = {"x": (0.1, 0.5, "image", "data"), "f": (0.5, 0.5, "encoder", "network"), "l": (0.9, 0.5, "loss", "loss")}
+    fig = draw_diagram(boxes, [("x", "f"), ("f", "l", "h", "dashed")], title="a method")
+    ax = fig.axes[0]
+    blocks = {text.get_text(): text for text in ax.texts if text.get_bbox_patch() is not None}
+    assert set(blocks) == {"image", "encoder", "loss"}
+    assert blocks["encoder"].get_bbox_patch().get_facecolor()[:3] == pytest.approx(
+        matplotlib_rgb(DIAGRAM_COLOURS["network"])
+    )
+    arrows = [patch for patch in ax.patches if type(patch).__name__ == "FancyArrowPatch"]
+    assert len(arrows) == 2 and arrows[1].get_linestyle() == "--" and arrows[0].get_linestyle() == "-"
+    assert "h" in [text.get_text() for text in ax.texts]  # the arrow's label
+    plt.close(fig)
+
+
+def matplotlib_rgb(colour):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(colour)
+
+
+@pytest.mark.parametrize(
+    "boxes,arrows,message",
+    [
+        ({"x": (0.1, 0.5, "image", "pixels")}, [], "unknown block kinds ['pixels']"),
+        ({"x": (0.1, 0.5, "image", "data")}, [("x", "y")], "arrows name blocks that do not exist: ['y']"),
+    ],
+)
+def test_a_diagram_with_a_wrong_block_says_which(boxes, arrows, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        draw_diagram(boxes, arrows)
