@@ -119,6 +119,21 @@ def accuracy_noise(*accuracies: float, images: int | None = None) -> float:
     return float(np.sqrt(sum(p * (1 - p) for p in accuracies) / n))
 
 
+def seed_noise(name: str, param: str, dataset: str = DEFAULT_DATASET) -> float:
+    """How much one short run's validation accuracy varies with the seed alone: the pooled standard
+    deviation over seeds of a recorded sweep of ``name`` over ``param`` that ran several seeds per value
+    (the manifest's ``results.sweeps.<param>``)."""
+    runs = manifest_entry(name, dataset)["results"]["sweeps"][param]["runs"]
+    by_value: dict = {}
+    for run in runs:
+        by_value.setdefault(run["value"], []).append(run["validation_accuracy"])
+    groups = [values for values in by_value.values() if len(values) > 1]
+    if not groups:
+        raise ValueError(f"the {param} sweep of {name} has one seed per value: it does not measure the seed noise")
+    squares = sum(float(np.var(values, ddof=1)) * (len(values) - 1) for values in groups)
+    return float(np.sqrt(squares / sum(len(values) - 1 for values in groups)))
+
+
 @dataclass
 class FrozenEvaluationReport(FrozenEvaluation):
     """``protocol.FrozenEvaluation`` with the class names, and the views of it a notebook shows."""

@@ -20,6 +20,7 @@ from sslkit.notebook import (
     print_frozen_against_fine_tuned,
     print_gain_over_scratch,
     print_label_efficiency,
+    seed_noise,
     setup,
     training_budget,
 )
@@ -250,3 +251,20 @@ def test_the_feature_cache_can_be_turned_off(monkeypatch, tmp_path, train_data):
     monkeypatch.delenv("SSLKIT_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert feature_cache_dir() == tmp_path / "xdg" / "sslkit" / "features"
+
+
+def test_seed_noise_pools_the_variance_over_seeds_of_each_value(monkeypatch):
+    runs = [
+        {"value": 32, "seed": 0, "validation_accuracy": 0.80},
+        {"value": 32, "seed": 1, "validation_accuracy": 0.82},
+        {"value": 64, "seed": 0, "validation_accuracy": 0.85},
+        {"value": 64, "seed": 1, "validation_accuracy": 0.85},
+        {"value": 64, "seed": 2, "validation_accuracy": 0.88},
+    ]
+    manifest = {"methods": {"simclr": {"results": {"sweeps": {"batch_size": {"runs": runs}, "lr": {"runs": runs[:1]}}}}}}
+    monkeypatch.setattr("sslkit.notebook.manifest_entry", lambda name, dataset: manifest["methods"][name])
+    # pooled: (0.02²/2 · 1 + var(0.85, 0.85, 0.88) · 2) / (1 + 2)
+    expected = math.sqrt((0.0002 + 0.0003 * 2) / 3)
+    assert seed_noise("simclr", "batch_size") == pytest.approx(expected)
+    with pytest.raises(ValueError, match="one seed per value"):
+        seed_noise("simclr", "lr")
