@@ -261,8 +261,8 @@ def test_seed_noise_pools_the_variance_over_seeds_of_each_value(monkeypatch):
         {"value": 64, "seed": 1, "validation_accuracy": 0.85},
         {"value": 64, "seed": 2, "validation_accuracy": 0.88},
     ]
-    manifest = {"methods": {"simclr": {"results": {"sweeps": {"batch_size": {"runs": runs}, "lr": {"runs": runs[:1]}}}}}}
-    monkeypatch.setattr("sslkit.notebook.manifest_entry", lambda name, dataset: manifest["methods"][name])
+    sweeps = {"batch_size": {"runs": runs}, "lr": {"runs": runs[:1]}}
+    monkeypatch.setattr("sslkit.notebook.manifest_entry", lambda name, dataset: {"results": {"sweeps": sweeps}})
     # pooled: (0.02²/2 · 1 + var(0.85, 0.85, 0.88) · 2) / (1 + 2)
     expected = math.sqrt((0.0002 + 0.0003 * 2) / 3)
     assert seed_noise("simclr", "batch_size") == pytest.approx(expected)
