@@ -28,6 +28,7 @@ FEW_LABELS = tuple(f"{fraction:g}" for fraction in FINE_TUNE_FRACTIONS)  # the m
 
 
 SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, SMOKE_FINE_TUNE_STEPS = 2, 3, 4
+SMOKE_IMAGES = {"train": 10_000, "test": 2_000}  # the smoke configuration's slices of the data
 
 
 @dataclass
@@ -85,6 +86,15 @@ def training_budget(entry: dict) -> dict:
     if RUN.smoke:
         return {"epochs": SMOKE_EPOCHS, "batch_size": entry["batch_size"], "steps_per_epoch": SMOKE_STEPS_PER_EPOCH}
     return {"epochs": entry["epochs"], "batch_size": entry["batch_size"]}
+
+
+def smoke_slice(split: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of ``split`` as given, or their first ``SMOKE_IMAGES[split]`` in the smoke
+    configuration, so that its evaluation (features, probe selection, t-SNE) takes seconds."""
+    if not RUN.smoke:
+        return images, labels
+    size = SMOKE_IMAGES[split]
+    return images[:size], labels[:size]
 
 
 def fine_tune_config() -> FineTuneConfig:

@@ -10,6 +10,7 @@ from sslkit.methods import build_untrained_encoder
 from sslkit.notebook import (
     FEW_LABELS,
     RUN,
+    SMOKE_IMAGES,
     FrozenEvaluationReport,
     StaleClaimError,
     accuracy_noise,
@@ -22,6 +23,7 @@ from sslkit.notebook import (
     print_label_efficiency,
     seed_noise,
     setup,
+    smoke_slice,
     training_budget,
 )
 from sslkit.protocol import FrozenEvaluation, extract_features
@@ -111,10 +113,12 @@ def test_a_claim_that_does_not_hold_is_an_error_on_the_shipped_weights_and_a_not
 
 def test_the_smoke_configuration_shrinks_every_run_and_needs_pretrain(monkeypatch, run_mode):
     entry = {"epochs": 100, "batch_size": 256}
+    images, labels = torch.zeros(12_000, 28, 28, dtype=torch.uint8), torch.arange(12_000) % 10
     monkeypatch.delenv("SSLKIT_PRETRAIN", raising=False)
     monkeypatch.delenv("SSLKIT_SMOKE", raising=False)
     setup()
     assert training_budget(entry) == entry and fine_tune_config().steps == 1000
+    assert smoke_slice("train", images, labels)[0] is images  # every image outside the smoke configuration
     monkeypatch.setenv("SSLKIT_SMOKE", "1")
     with pytest.raises(ValueError, match="needs SSLKIT_PRETRAIN=1 as well"):
         setup()
@@ -122,6 +126,10 @@ def test_the_smoke_configuration_shrinks_every_run_and_needs_pretrain(monkeypatc
     setup()
     assert training_budget(entry) == {"epochs": 2, "batch_size": 256, "steps_per_epoch": 3}
     assert fine_tune_config().steps < 10 and run_mode.smoke and run_mode.pretrain
+    for split in ("train", "test"):
+        sliced_images, sliced_labels = smoke_slice(split, images, labels)
+        assert len(sliced_images) == len(sliced_labels) == SMOKE_IMAGES[split] < len(images)
+        assert torch.equal(sliced_labels, labels[: SMOKE_IMAGES[split]])
 
 
 def test_accuracy_noise_is_the_binomial_standard_error_of_the_test_set():
