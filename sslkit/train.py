@@ -52,6 +52,9 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adamw"
     lr: float = 0.1  # peak learning rate, reached after the warm-up
     weight_decay: float = 5e-4
+    # False: no weight decay on biases, normalisation layers' scales and shifts and MAE's mask token, only
+    # on the weights of convolutions and linear layers ("no bias decay", He et al. 2019, Sec. 3.1)
+    decay_every_parameter: bool = True
     warmup_epochs: int = 5
     seed: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the data (drop_last); fewer for smoke runs
@@ -66,6 +69,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("lr must be positive, weight_decay and warmup_epochs non-negative")
+        if self.decay_every_parameter not in (True, False):  # 0 and 1 (a sweep's values) are accepted
+            raise ValueError(f"decay_every_parameter must be True or False, got {self.decay_every_parameter!r}")
+        self.decay_every_parameter = bool(self.decay_every_parameter)
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 
@@ -107,12 +113,29 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def without_decay(name: str, parameter: torch.nn.Parameter) -> bool:
+    """Biases and normalisation layers' scales and shifts (every parameter of one dimension) and MAE's
+    mask token: the parameters ``decay_every_parameter=False`` keeps out of the weight decay."""
+    return parameter.ndim <= 1 or name.endswith("mask_token")
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    """The optimiser's parameter groups: one, or (``decay_every_parameter=False``) the decayed weights
+    and the rest with weight decay 0."""
+    if config.decay_every_parameter:
+        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for name, p in named if not without_decay(name, p)], "weight_decay": config.weight_decay},
+        {"params": [p for name, p in named if without_decay(name, p)], "weight_decay": 0.0},
+    ]
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
-        )
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def history_path(checkpoint_path: str | Path) -> Path:

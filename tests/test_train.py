@@ -13,6 +13,7 @@ from sslkit.train import (
     NonFiniteLossError,
     TrainConfig,
     TrainState,
+    build_optimizer,
     cosine_with_warmup,
     history_path,
     plan_steps,
@@ -240,7 +241,9 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert cosine_with_warmup(100, 10, 100) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"optimizer": "lamb"}, {"lr": -1.0}, {"amp_dtype": "float8"}])
+@pytest.mark.parametrize(
+    "bad", [{"epochs": 0}, {"optimizer": "lamb"}, {"lr": -1.0}, {"amp_dtype": "float8"}, {"decay_every_parameter": 2}]
+)
 def test_invalid_config_is_rejected(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
@@ -249,3 +252,21 @@ def test_invalid_config_is_rejected(bad):
 def test_supervised_needs_labels(train_data):
     with pytest.raises(ValueError, match="labels"):
         train(fresh("supervised"), train_data[0][:64], None, TrainConfig(epochs=1, **SMOKE), "cpu", progress=False)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_without_decay_on_norms_and_biases_only_the_weights_of_layers_shrink(optimizer):
+    method = fresh("mae")  # convolution, linear, LayerNorm and the mask token
+    config = TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.5, decay_every_parameter=0)  # 0: a sweep's value
+    assert config.decay_every_parameter is False
+    step = build_optimizer(method, config)
+    before = {name: p.detach().clone() for name, p in method.named_parameters()}
+    for p in method.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the weight decay moves a parameter
+    step.step()
+    for name, p in method.named_parameters():
+        kept = p.ndim == 1 or name == "decoder.mask_token"
+        assert torch.equal(p, before[name]) == kept, name  # biases, norms and the token untouched, weights shrunk
+    decayed_everything = build_optimizer(fresh("mae"), TrainConfig(optimizer=config.optimizer, weight_decay=0.5))
+    assert [group["weight_decay"] for group in decayed_everything.param_groups] == [0.5]
+    assert [group["weight_decay"] for group in step.param_groups] == [0.5, 0.0]
