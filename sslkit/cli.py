@@ -18,7 +18,7 @@ from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, DataNotFoundError, dataset
 from .devices import describe_device, resolve_device
 from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, FineTuneConfig, label_efficiency
 from .geometry import alignment_and_uniformity
-from .methods import BASELINES, METHODS, TRAINABLE, UNTRAINED
+from .methods import BASELINES, HAND_CRAFTED, METHODS, TRAINABLE, UNTRAINED
 from .pipeline import (
     REPRODUCTION_TOLERANCE,
     PretrainRun,
@@ -96,8 +96,9 @@ def add_pretrain_parser(subparsers) -> None:
             "METHOD.pth, METHOD.history.json and the entry in manifest.json into OUT (OUT/DATASET/ for a dataset "
             "other than fashion-mnist). A checkpoint is resumed only by the run that wrote it (same method, "
             "settings, dataset, images and processes); any other is refused with the difference named. "
-            "'random' (the ResNet), 'random_vit' (MAE's ViT) and 'pixels' are baselines with nothing to train: "
-            "they are only evaluated."
+            "'random' (the ResNet), 'random_vit' (MAE's ViT), 'pixels' and 'hog' are baselines with nothing to "
+            "train: they are only evaluated ('hog' after choosing its cell size and orientations on the validation "
+            "split)."
         ),
     )
     parser.add_argument(
@@ -359,9 +360,8 @@ def add_finetune_parser(subparsers) -> None:
             "validation split."
         ),
     )
-    parser.add_argument(
-        "method", metavar="METHOD", help=f"one of {', '.join(n for n in METHODS + BASELINES if n != 'pixels')}, or all"
-    )
+    networks = [name for name in METHODS + BASELINES if name not in HAND_CRAFTED]
+    parser.add_argument("method", metavar="METHOD", help=f"one of {', '.join(networks)}, or all")
     parser.add_argument(
         "--fractions",
         type=positive_float,
@@ -392,9 +392,9 @@ def add_finetune_parser(subparsers) -> None:
 def run_finetune(args: argparse.Namespace) -> None:
     if any(fraction > 1 for fraction in args.fractions):
         raise ValueError(f"--fractions must be in (0, 1], got {args.fractions}")
-    if args.method == "pixels":
-        raise ValueError("'pixels' has no network to fine-tune; the from-scratch reference is 'random'")
-    names = names_to_measure(args.method, args.dataset, args.weights, exclude=("pixels",))
+    if args.method in HAND_CRAFTED:
+        raise ValueError(f"{args.method!r} has no network to fine-tune; the from-scratch reference is 'random'")
+    names = names_to_measure(args.method, args.dataset, args.weights, exclude=HAND_CRAFTED)
     device = resolve_device(args.device)
     train_data, test_data = load_splits(args.dataset, args.limit)
     config = FineTuneConfig(steps=args.steps)

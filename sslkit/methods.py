@@ -443,7 +443,7 @@ class MethodSpec:
     name: str
     title: str  # the row name of the results table
     family: str
-    architecture: str  # of the encoder: "resnet", "vit" or "pixels"
+    architecture: str  # of the encoder: "resnet", "vit", "pixels" or "hog"
     method_class: type[Method] | None = None
     self_supervised: bool = True
 
@@ -462,12 +462,15 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec("random", "Random encoder (untrained)", "baseline", "resnet", None, False),
         MethodSpec("random_vit", "Random ViT (untrained, MAE's encoder)", "baseline", "vit", None, False),
         MethodSpec("pixels", "Raw pixels", "baseline", "pixels", None, False),
+        MethodSpec("hog", "HOG (hand-crafted: gradient histograms)", "baseline", "hog", None, False),
     )
 }
 METHODS = tuple(name for name, spec in SPECS.items() if spec.self_supervised)
 BASELINES = tuple(name for name, spec in SPECS.items() if not spec.self_supervised)
 TRAINABLE = tuple(name for name, spec in SPECS.items() if spec.method_class is not None)
 UNTRAINED = tuple(name for name, spec in SPECS.items() if spec.method_class is None)
+# Features computed by a fixed formula, with no network: nothing to fine-tune.
+HAND_CRAFTED = tuple(name for name, spec in SPECS.items() if spec.architecture in ("pixels", "hog"))
 
 
 def spec(name: str) -> MethodSpec:
@@ -517,7 +520,8 @@ def build_method(name: str, dataset: str = DEFAULT_DATASET, seed: int | None = N
 
 
 def build_untrained_encoder(name: str, dataset: str = DEFAULT_DATASET, seed: int | None = None) -> nn.Module:
-    """The encoder of a baseline with nothing to train (``random``, ``random_vit``, ``pixels``) for ``dataset``."""
+    """The encoder of a baseline with nothing to train (``random``, ``random_vit``, ``pixels``, ``hog``) for
+    ``dataset``; ``hog`` with ``models.HOG_CONFIG``'s settings (``pretrain hog`` chooses its own)."""
     if spec(name).method_class is not None:
         raise ValueError(f"{name!r} is trained: build it with build_method({name!r})")
     with seeded(seed):

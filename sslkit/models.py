@@ -3,16 +3,19 @@
 Every CNN method in the series trains the same ``ResNetEncoder`` configuration, so differences in
 accuracy come from the objective, not the network. MAE needs a network that works on a set of
 patches, so it trains a small Vision Transformer (``ViTEncoder``), compared with a random ViT of
-the same size. Heads (projectors, classifiers, decoders) are separate modules: only the encoder
-is evaluated.
+the same size. Two baselines compute their features by a fixed formula instead of a network: the raw
+pixels (``PixelFeatures``) and the hand-crafted HOG descriptor (``HOGFeatures``). Heads (projectors,
+classifiers, decoders) are separate modules: only the encoder is evaluated.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.feature import hog
 from torch import nn
 
 from .data import DEFAULT_DATASET, DatasetInfo, dataset_info
@@ -35,7 +38,11 @@ VIT_CONFIG = {
 }
 # The raw-pixel baseline: no network, no normalisation (the linear probe standardises its features).
 PIXELS_CONFIG = {"architecture": "pixels"}
-ARCHITECTURES = {"resnet": RESNET_CONFIG, "vit": VIT_CONFIG, "pixels": PIXELS_CONFIG}
+# The hand-crafted baseline: histograms of oriented gradients (Dalal & Triggs 2005) in 4×4-pixel cells,
+# 9 orientations, blocks of 2×2 cells; `pretrain hog` chooses the cell size and orientations on the
+# validation split (pipeline.choose_hog_settings) and records the chosen ones in the manifest.
+HOG_CONFIG = {"architecture": "hog", "cell_size": 4, "orientations": 9, "block_size": 2}
+ARCHITECTURES = {"resnet": RESNET_CONFIG, "vit": VIT_CONFIG, "pixels": PIXELS_CONFIG, "hog": HOG_CONFIG}
 
 
 def encoder_config(dataset: str | DatasetInfo = DEFAULT_DATASET, architecture: str = "resnet") -> dict:
@@ -47,8 +54,8 @@ def encoder_config(dataset: str | DatasetInfo = DEFAULT_DATASET, architecture: s
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
     info = dataset if isinstance(dataset, DatasetInfo) else dataset_info(dataset)
     shape = {"in_channels": info.channels, "image_size": info.image_size}
-    if architecture == "pixels":
-        return {**PIXELS_CONFIG, **shape}
+    if architecture in ("pixels", "hog"):
+        return {**ARCHITECTURES[architecture], **shape}
     return {**ARCHITECTURES[architecture], **shape, "mean": list(info.mean), "std": list(info.std)}
 
 
@@ -229,6 +236,60 @@ class PixelFeatures(nn.Module):
         if x.ndim != 4 or x[0].numel() != self.feature_dim:
             raise ValueError(f"PixelFeatures expects images of {self.feature_dim} values each, got {tuple(x.shape)}")
         return x.flatten(1)
+
+
+class HOGFeatures(nn.Module):
+    """The hand-crafted baseline as an 'encoder': the histogram-of-oriented-gradients descriptor of
+    Dalal & Triggs (2005), computed by scikit-image's ``hog`` on each image.
+
+    Each ``cell_size``×``cell_size`` cell votes its pixels' gradient magnitudes into ``orientations``
+    bins of unsigned direction (0–180°); each block of ``block_size``×``block_size`` neighbouring
+    cells is normalised (L2, clipped at 0.2, renormalised: "L2-Hys"), and the blocks, overlapping by
+    one cell, are concatenated. Colour images use the channel with the strongest gradient at each
+    pixel. Nothing is learned: the features are the same for every dataset and seed.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, cell_size: int, orientations: int, block_size: int):
+        super().__init__()
+        blocks = image_size // cell_size - block_size + 1
+        if blocks < 1:
+            raise ValueError(
+                f"HOG needs at least {block_size} cells of {cell_size} pixels per side, but the images have "
+                f"{image_size}: use a smaller cell_size or block_size"
+            )
+        self.in_channels, self.image_size = in_channels, image_size
+        self.cell_size, self.orientations, self.block_size = cell_size, orientations, block_size
+        self.feature_dim = blocks * blocks * block_size * block_size * orientations
+
+    def config(self) -> dict:
+        return {
+            "architecture": "hog",
+            "cell_size": self.cell_size,
+            "orientations": self.orientations,
+            "block_size": self.block_size,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_channels, self.image_size, self.image_size):
+            raise ValueError(
+                f"HOGFeatures expects images [N, {self.in_channels}, {self.image_size}, {self.image_size}], "
+                f"got {tuple(x.shape)}"
+            )
+        images = x.detach().float().permute(0, 2, 3, 1).cpu().numpy()  # [N, S, S, C], as scikit-image reads them
+        descriptors = [
+            hog(
+                image if self.in_channels > 1 else image[..., 0],
+                orientations=self.orientations,
+                pixels_per_cell=(self.cell_size, self.cell_size),
+                cells_per_block=(self.block_size, self.block_size),
+                block_norm="L2-Hys",
+                channel_axis=-1 if self.in_channels > 1 else None,
+            )
+            for image in images
+        ]
+        return torch.from_numpy(np.stack(descriptors)).float().reshape(len(x), self.feature_dim).to(x.device)
 
 
 # ------------------------------------------------------------------------------ Vision Transformer
@@ -471,7 +532,7 @@ class MAEDecoder(nn.Module):
         return self.predict(self.norm(self.blocks(x + self.position_embedding)))
 
 
-def build_encoder(config: dict) -> ResNetEncoder | ViTEncoder | PixelFeatures:
+def build_encoder(config: dict) -> ResNetEncoder | ViTEncoder | PixelFeatures | HOGFeatures:
     """An encoder from its full config (``encoder_config``): ``"architecture"`` says which network."""
     config = dict(config)
     architecture = config.pop("architecture", None)
@@ -480,7 +541,7 @@ def build_encoder(config: dict) -> ResNetEncoder | ViTEncoder | PixelFeatures:
             f"an encoder config names its architecture ({', '.join(ARCHITECTURES)}), got {architecture!r}"
             "; build one with models.encoder_config(dataset, architecture)"
         )
-    network = {"resnet": ResNetEncoder, "vit": ViTEncoder, "pixels": PixelFeatures}[architecture]
+    network = {"resnet": ResNetEncoder, "vit": ViTEncoder, "pixels": PixelFeatures, "hog": HOGFeatures}[architecture]
     return network(**config)
 
 

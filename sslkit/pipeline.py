@@ -27,9 +27,11 @@ from .methods import (
     method_class,
     method_settings,
 )
-from .models import count_parameters
+from .models import HOGFeatures, build_encoder, count_parameters, encoder_config
 from .protocol import (
+    PROBE_WEIGHT_DECAYS,
     accuracy,
+    best_probe_on_validation,
     encode_images,
     evaluate_features,
     evaluate_frozen_features,
@@ -107,7 +109,13 @@ def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
         "kind": "method" if SPECS[run.method].self_supervised else "baseline",
     }
     history: list[dict] = []
-    if SPECS[run.method].method_class is None:
+    hog_search = None
+    if run.method == "hog":
+        encoder, hog_search = choose_hog_settings(train_images, train_labels, run.dataset, device)
+        hog_search["command"] = run.command
+        state = {}
+        entry.update(config={"encoder_config": encoder.config()}, epochs=0)
+    elif SPECS[run.method].method_class is None:
         encoder = build_untrained_encoder(run.method, run.dataset, seed=run.seed)
         state = {f"encoder.{key}": value for key, value in encoder.state_dict().items()}
         entry.update(config={"encoder_config": encoder.config()}, epochs=0)
@@ -122,6 +130,8 @@ def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
     probe, entry["results"] = evaluate_new_encoder(
         encoder, (train_images, train_labels), (test_images, test_labels), run.dataset, device, run.limit
     )
+    if hog_search:
+        entry["results"]["sweeps"] = {"hog": hog_search}
     written = publish(run.method, {**state, **probe.state_dict()}, entry, history, run.dataset, run.root)
     results = entry["results"]
     print(
@@ -130,6 +140,35 @@ def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
         f"wrote {written['file']} and its manifest entry"
     )
     return written
+
+
+HOG_CELL_SIZES, HOG_ORIENTATIONS = (4, 7), (6, 9, 12)  # the candidates of `pretrain hog`
+
+
+def choose_hog_settings(images: torch.Tensor, labels: torch.Tensor, dataset: str, device) -> tuple[HOGFeatures, dict]:
+    """``(encoder, search)``: the HOG descriptor whose cell size and number of orientations the linear
+    probe scores best on the validation split (the test set is never used; ties go to the smaller
+    descriptor), and the record of every candidate, stored as ``results.sweeps.hog``."""
+    fit, validation = probe_validation_split(labels)
+    encoders, runs = [], []
+    for cell_size in HOG_CELL_SIZES:
+        for orientations in HOG_ORIENTATIONS:
+            config = {**encoder_config(dataset, "hog"), "cell_size": cell_size, "orientations": orientations}
+            encoder = build_encoder(config)
+            features = extract_features(encoder, images, device=device)
+            _, accuracies = best_probe_on_validation(features, labels, fit, validation, PROBE_WEIGHT_DECAYS)
+            run = {
+                "value": f"{cell_size}x{cell_size} cells, {orientations} orientations",
+                "cell_size": cell_size,
+                "orientations": orientations,
+                "feature_dim": encoder.feature_dim,
+                "validation_accuracy": round(max(accuracies.values()), 6),
+            }
+            print(f"hog: {run['value']} ({run['feature_dim']}-d): validation {100 * run['validation_accuracy']:.2f}%")
+            encoders.append(encoder)
+            runs.append(run)
+    chosen = max(range(len(runs)), key=lambda i: (runs[i]["validation_accuracy"], -runs[i]["feature_dim"]))
+    return encoders[chosen], {"epochs": 0, "scored_by": "linear probe, validation split", "runs": runs}
 
 
 def train_method(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor, device: torch.device):

@@ -48,6 +48,7 @@ def test_every_command_explains_its_options(command):
         (["evaluate", "byol"], "unknown method 'byol'; methods are autoencoder"),
         (["pretrain", "supervised", "--temperature", "0.5"], "temperature does not apply to supervised; its settings"),
         (["finetune", "pixels"], "'pixels' has no network to fine-tune"),
+        (["finetune", "hog"], "'hog' has no network to fine-tune"),
         (["finetune", "simclr", "--fractions", "2"], "--fractions must be in (0, 1]"),
         (["sweep", "vae", "gamma", "1"], "vae has no setting 'gamma'; choose one of batch_size, beta"),
         (["sweep", "simclr", "temperature", "0.5", "--lr-scaling", "linear"], "applies only when sweeping batch_size"),

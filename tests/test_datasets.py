@@ -319,9 +319,9 @@ def pretrain(name, dataset, *extra):
     )
 
 
-# Every trainable method on both datasets, and on CIFAR-10 the three baselines too (their pixels and
-# random networks take the dataset's shape).
-PUBLISHED = {"mnist": list(TRAINABLE), "cifar10": [*TRAINABLE, "random", "random_vit", "pixels"]}
+# Every trainable method on both datasets, and on CIFAR-10 the four baselines too (their pixels, HOG
+# descriptors and random networks take the dataset's shape).
+PUBLISHED = {"mnist": list(TRAINABLE), "cifar10": [*TRAINABLE, "random", "random_vit", "pixels", "hog"]}
 
 
 @pytest.fixture(scope="module")
@@ -366,6 +366,10 @@ def test_a_two_step_pretrain_on_each_dataset_publishes_weights_that_load_and_rep
         assert entry["config"]["encoder_config"]["image_size"] == info.image_size
     if dataset == "cifar10":
         assert entries["pixels"]["results"]["feature_dim"] == 3 * 32 * 32
+        hog = entries["hog"]["config"]["encoder_config"]  # chosen on the validation split of the 120 images
+        blocks = 32 // hog["cell_size"] - 1
+        assert entries["hog"]["results"]["feature_dim"] == blocks * blocks * 4 * hog["orientations"]
+        assert len(entries["hog"]["results"]["sweeps"]["hog"]["runs"]) == 6
         assert entries["mae"]["config"]["encoder_config"]["image_size"] == 32
     assert main(["evaluate", "all", "--dataset", dataset, "--limit", "120"]) == 0  # reproduces the manifest
     table = capsys.readouterr().out
