@@ -9,7 +9,8 @@ Three ways to make SimCLR views of the same images with the same augmentation se
 
 All three run in one process, one after the other, on the same images, and the ratios are
 printed, so the comparison never mixes machines or runs. Then the training throughput (images/s,
-peak memory) of each trainable method with its shipped recipe.
+peak memory) of each trainable method with its shipped recipe, and the FLOP/s its step achieves as a
+fraction of the machine's peak (a large matrix product in the same precision, measured in the same run).
 """
 
 from __future__ import annotations
@@ -206,10 +207,37 @@ def train_throughput(
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else resident.peak_mib
     return {
         "images_per_second": batch_size / seconds,
+        "flops_per_second": training_step_flops(name, batch_size, dataset) / seconds,
         "seconds_per_epoch": (len(images) // batch_size) * seconds,
         "peak_memory_mib": peak,
         "final_loss": history[-1]["loss"],
     }
+
+
+def training_step_flops(name: str, batch_size: int, dataset: str = DEFAULT_DATASET) -> float:
+    """Floating-point operations of one training step of ``name`` (forward and backward, every view) on a
+    batch of ``batch_size`` images, counted by PyTorch's ``FlopCounterMode``: the matrix products and
+    convolutions, which are nearly all of the work; element-wise operations are not counted. The count
+    does not depend on the device or the precision."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    info = dataset_info(dataset)
+    generator = torch.Generator().manual_seed(0)
+    method = build_method(name, dataset, seed=0).train()
+    images = torch.rand(batch_size, *info.shape, generator=generator)
+    labels = torch.randint(0, len(info.class_names), (batch_size,), generator=generator)
+    with FlopCounterMode(display=False) as counter:
+        method.training_step(images, labels, generator)["loss"].backward()
+    return float(counter.get_total_flops())
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype | None, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large square matrix product (``size``) in ``dtype`` (None: float32) on ``device``: what
+    the machine can reach at best, the yardstick for a training step's achieved FLOP/s."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device, dtype or torch.float32) for _ in range(2))
+    seconds = time_per_batch(lambda _: a @ b, device, repeats)
+    return 2 * size**3 / seconds
 
 
 def bench_training(

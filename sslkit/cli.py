@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .bench import bench_augmentation, bench_training
+from .bench import bench_augmentation, bench_training, peak_matmul_flops
 from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, DataNotFoundError, dataset_info
-from .devices import describe_device, resolve_device
+from .devices import describe_device, mixed_precision_dtype, resolve_device
 from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, FineTuneConfig, label_efficiency
 from .geometry import alignment_and_uniformity
 from .methods import BASELINES, HAND_CRAFTED, METHODS, TRAINABLE, UNTRAINED
@@ -679,6 +679,16 @@ def run_bench(args: argparse.Namespace) -> int:
             f"(~{result['seconds_per_epoch']:.0f} s per epoch of {len(images):,} images), "
             f"{memory_kind} {result['peak_memory_mib']:.0f} MiB"
         )
+    dtype = mixed_precision_dtype(device)
+    peak = peak_matmul_flops(device, dtype)
+    precision = str(dtype or torch.float32).removeprefix("torch.")
+    print(
+        f"\nAchieved FLOP/s of each training step against a {precision} 2048×2048 matrix product here "
+        f"({peak / 1e9:,.0f} GFLOP/s; FlopCounterMode counts matrix products and convolutions):"
+    )
+    for name, result in training.items():
+        achieved = result["flops_per_second"]
+        print(f"  {name:<12} {achieved / 1e9:>8,.1f} GFLOP/s   {achieved / peak:6.1%} of the peak")
     if args.record:
         recorded, removed = record_costs(
             training,

@@ -1,6 +1,7 @@
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -289,6 +290,7 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
     assert "x the DataLoader path" in result.stdout and "sslkit / kornia" in result.stdout
     assert "simclr" in result.stdout and "images/s" in result.stdout
     assert "peak rise of resident memory" in result.stdout  # CPU memory, as CUDA's allocator peak on a GPU
+    assert re.search(r"simclr +[\d,.]+ GFLOP/s +[\d.]+% of the peak", result.stdout)  # the step against a matmul
     assert "recorded results.cost for simclr, rotation" in result.stdout
     assert "removed the costs of" in result.stdout and "dcl" in result.stdout  # shipped costs come from another run
 
