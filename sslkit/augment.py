@@ -64,6 +64,27 @@ VIEW_ABLATIONS = {
     "no_blur": replace(SIMCLR_AUGMENT, blur_prob=0.0),
     "crop_only": replace(SIMCLR_AUGMENT, jitter_prob=0.0, blur_prob=0.0),
 }
+# Settings of a method's views that `sweep` can vary by number (the recipe search, docs/design.md §13):
+# the smallest crop area (1 means no crop) and the strength of the brightness/contrast jitter.
+VIEW_SETTINGS = ("crop_min_area", "jitter_strength")
+
+
+def vary_views(views: AugmentConfig, setting: str, value: float) -> AugmentConfig:
+    """``views`` with one of ``VIEW_SETTINGS`` set to ``value``."""
+    if setting == "crop_min_area":
+        if not 0 < value <= 1:
+            raise ValueError(f"crop_min_area is a fraction of the image's area in (0, 1], got {value}")
+        ratio = (1.0, 1.0) if value == 1 else views.crop_ratio  # the whole image keeps its shape
+        return replace(views, crop_scale=(value, 1.0), crop_ratio=ratio)
+    if setting == "jitter_strength":
+        if views.jitter_prob == 0:
+            raise ValueError("these views apply no brightness/contrast jitter (jitter_prob 0): nothing to strengthen")
+        if not 0 <= value < 1:
+            raise ValueError(f"jitter_strength scales brightness and contrast by 1 ± strength: in [0, 1), got {value}")
+        return replace(views, brightness=value, contrast=value)
+    raise ValueError(f"unknown view setting {setting!r}; choose one of {', '.join(VIEW_SETTINGS)}")
+
+
 # SimCLR's colour augmentation on CIFAR-10 (Chen et al. 2020, Appendix A and B.9): jitter strength
 # s = 0.5 gives brightness, contrast and saturation 0.8·s (brightness and contrast are 0.4 already)
 # and hue 0.2·s; colour drop (grayscale) with probability 0.2.

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .augment import VIEW_ABLATIONS
+from .augment import VIEW_ABLATIONS, VIEW_SETTINGS, vary_views
 from .data import DEFAULT_DATASET, dataset_info, load_dataset, locate
 from .devices import describe_device
 from .geometry import alignment_and_uniformity, effective_rank, embedding_diagnostics, singular_values
@@ -400,6 +400,8 @@ class Sweep:
         settings = set(method_settings(self.method)) | set(SWEEPABLE_TRAIN_SETTINGS)
         if issubclass(method_class(self.method), JointEmbedding):
             settings.add("views")
+        if method_class(self.method).default_views is not None:
+            settings.update(VIEW_SETTINGS)
         if self.param not in settings:
             choices = ", ".join(sorted(settings))
             raise ValueError(f"{self.method} has no setting {self.param!r}; choose one of {choices}")
@@ -411,6 +413,10 @@ class Sweep:
                 raise ValueError(f"the view ablation is defined for greyscale images, not {self.dataset}'s colour ones")
         elif any(isinstance(value, str) for value in self.values):
             raise ValueError(f"{self.param} takes numbers, got {self.values}")
+        elif self.param in VIEW_SETTINGS:  # the values must make views, before any run starts
+            views = build_method(self.method, self.dataset).augment_config
+            for value in self.values:
+                vary_views(views, self.param, value)
         if self.monitor_every < 0:
             raise ValueError(f"--monitor-every must be 0 (off) or a number of epochs, got {self.monitor_every}")
         if self.lr_scaling != "none" and self.param != "batch_size":
@@ -456,6 +462,9 @@ class Sweep:
         settings = {self.param: value} if self.param in method_settings(self.method) else {}
         if self.param == "views":
             settings = {"augment_config": VIEW_ABLATIONS[value]}
+        elif self.param in VIEW_SETTINGS:  # the method's own views (with colour on colour images), one setting changed
+            views = build_method(self.method, self.dataset).augment_config
+            settings = {"augment_config": vary_views(views, self.param, value)}
         method = build_method(self.method, self.dataset, seed=seed, **settings)
         config = self.train_config(value, seed)
         on_epoch_end = None

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -19,6 +21,7 @@ from sslkit.augment import (
     random_grayscale,
     random_resized_crop_and_flip,
     random_rotations,
+    vary_views,
     with_colour,
 )
 
@@ -302,3 +305,18 @@ def test_each_view_ablation_takes_out_exactly_the_part_it_names():
         "crop_only": {"jitter_prob", "blur_prob"},
     }
     assert VIEW_ABLATIONS["no_crop"].crop_scale == (1.0, 1.0) and VIEW_ABLATIONS["crop_only"].blur_prob == 0
+
+
+def test_a_view_setting_changes_only_what_it_names():
+    smallest = vary_views(SIMCLR_AUGMENT, "crop_min_area", 0.08)
+    assert smallest.crop_scale == (0.08, 1.0) and smallest.crop_ratio == SIMCLR_AUGMENT.crop_ratio
+    assert vary_views(SUPERVISED_AUGMENT, "crop_min_area", 1.0).crop_ratio == (1.0, 1.0)  # no crop: the whole image
+    stronger = vary_views(SIMCLR_AUGMENT, "jitter_strength", 0.6)
+    assert (stronger.brightness, stronger.contrast) == (0.6, 0.6)
+    assert replace(stronger, brightness=SIMCLR_AUGMENT.brightness, contrast=SIMCLR_AUGMENT.contrast) == SIMCLR_AUGMENT
+    with pytest.raises(ValueError, match="apply no brightness/contrast jitter"):
+        vary_views(SUPERVISED_AUGMENT, "jitter_strength", 0.4)
+    with pytest.raises(ValueError, match="fraction of the image's area"):
+        vary_views(SIMCLR_AUGMENT, "crop_min_area", 1.5)
+    with pytest.raises(ValueError, match="unknown view setting 'blur'"):
+        vary_views(SIMCLR_AUGMENT, "blur", 0.5)

@@ -57,6 +57,8 @@ def test_every_command_explains_its_options(command):
         (["sweep", "simclr", "views", "all", "sideways"], "unknown views ['sideways']; choose among all, no_crop"),
         (["sweep", "simclr", "temperature", "warm"], "temperature takes numbers, got ['warm']"),
         (["sweep", "vae", "views", "all"], "vae has no setting 'views'"),
+        (["sweep", "rotation", "jitter_strength", "0.4"], "apply no brightness/contrast jitter"),
+        (["sweep", "simclr", "crop_min_area", "0.2", "1.5"], "crop_min_area is a fraction of the image's area"),
         (["sweep", "simclr", "views", "all", "--dataset", "cifar10"], "defined for greyscale images"),
     ],
 )
@@ -406,3 +408,25 @@ def test_mae_and_its_random_vit_baseline_publish_vit_encoders(tmp_path):
     mae = load_method("mae", root=out)  # encoder and decoder, for the reconstructions of notebook 07
     masked, reconstruction = mae.reconstruct(torch.rand(2, 1, 28, 28), 0.75)
     assert masked.shape == reconstruction.shape == (2, 1, 28, 28)
+
+
+def test_a_sweep_of_a_view_setting_trains_with_the_views_it_names(tmp_path, monkeypatch):
+    import sslkit.pipeline
+    from sslkit.pipeline import Sweep
+    from sslkit.weights import weights_dir
+
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
+    trained_with = []
+
+    def spy(method, *args, **kwargs):
+        trained_with.append(method.augment_config)
+        return train(method, *args, **kwargs)
+
+    train = sslkit.pipeline.train
+    monkeypatch.setattr(sslkit.pipeline, "train", spy)
+    sweep = Sweep("rotation", "crop_min_area", [0.3, 1.0], epochs=1, root=tmp_path, limit=600, steps_per_epoch=1)
+    runs = sweep.run(torch.device("cpu"), report=lambda *_: None)
+    assert [views.crop_scale for views in trained_with] == [(0.3, 1.0), (1.0, 1.0)]
+    assert trained_with[1].crop_ratio == (1.0, 1.0) and trained_with[0].flip_prob == trained_with[1].flip_prob
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["methods"]["rotation"]["results"]["sweeps"]
+    assert [run["value"] for run in recorded["crop_min_area"]["runs"]] == [0.3, 1.0] == [run["value"] for run in runs]
