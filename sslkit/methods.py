@@ -34,6 +34,7 @@ from .data import DEFAULT_DATASET, dataset_info
 from .distributed import global_loss
 from .losses import dcl_loss, elbo_loss, mae_loss, nt_xent_loss, patch_statistics, reconstruction_loss, vicreg_loss
 from .models import (
+    HAND_CRAFTED_ARCHITECTURES,
     ConvDecoder,
     GaussianHead,
     MAEDecoder,
@@ -470,7 +471,7 @@ BASELINES = tuple(name for name, spec in SPECS.items() if not spec.self_supervis
 TRAINABLE = tuple(name for name, spec in SPECS.items() if spec.method_class is not None)
 UNTRAINED = tuple(name for name, spec in SPECS.items() if spec.method_class is None)
 # Features computed by a fixed formula, with no network: nothing to fine-tune.
-HAND_CRAFTED = tuple(name for name, spec in SPECS.items() if spec.architecture in ("pixels", "hog"))
+HAND_CRAFTED = tuple(name for name, spec in SPECS.items() if spec.architecture in HAND_CRAFTED_ARCHITECTURES)
 
 
 def spec(name: str) -> MethodSpec:

@@ -43,6 +43,7 @@ PIXELS_CONFIG = {"architecture": "pixels"}
 # validation split (pipeline.choose_hog_settings) and records the chosen ones in the manifest.
 HOG_CONFIG = {"architecture": "hog", "cell_size": 4, "orientations": 9, "block_size": 2}
 ARCHITECTURES = {"resnet": RESNET_CONFIG, "vit": VIT_CONFIG, "pixels": PIXELS_CONFIG, "hog": HOG_CONFIG}
+HAND_CRAFTED_ARCHITECTURES = ("pixels", "hog")  # features by a fixed formula: no network, no pixel statistics
 
 
 def encoder_config(dataset: str | DatasetInfo = DEFAULT_DATASET, architecture: str = "resnet") -> dict:
@@ -54,7 +55,7 @@ def encoder_config(dataset: str | DatasetInfo = DEFAULT_DATASET, architecture: s
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
     info = dataset if isinstance(dataset, DatasetInfo) else dataset_info(dataset)
     shape = {"in_channels": info.channels, "image_size": info.image_size}
-    if architecture in ("pixels", "hog"):
+    if architecture in HAND_CRAFTED_ARCHITECTURES:
         return {**ARCHITECTURES[architecture], **shape}
     return {**ARCHITECTURES[architecture], **shape, "mean": list(info.mean), "std": list(info.std)}
 

@@ -110,13 +110,12 @@ def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
     }
     history: list[dict] = []
     hog_search = None
-    if run.method == "hog":
-        encoder, hog_search = choose_hog_settings(train_images, train_labels, run.dataset, device)
-        hog_search["command"] = run.command
-        state = {}
-        entry.update(config={"encoder_config": encoder.config()}, epochs=0)
-    elif SPECS[run.method].method_class is None:
-        encoder = build_untrained_encoder(run.method, run.dataset, seed=run.seed)
+    if SPECS[run.method].method_class is None:
+        if run.method == "hog":  # the one baseline with settings to choose, on the validation split
+            encoder, hog_search = choose_hog_settings(train_images, train_labels, run.dataset, device)
+            hog_search["command"] = run.command
+        else:
+            encoder = build_untrained_encoder(run.method, run.dataset, seed=run.seed)
         state = {f"encoder.{key}": value for key, value in encoder.state_dict().items()}
         entry.update(config={"encoder_config": encoder.config()}, epochs=0)
     else:
