@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, search
 from .bench import bench_augmentation, bench_training, peak_matmul_flops
 from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, DataNotFoundError, dataset_info
 from .devices import describe_device, mixed_precision_dtype, resolve_device
@@ -531,6 +531,56 @@ def run_sweep(args: argparse.Namespace) -> None:
     sweep.run(resolve_device(args.device), report=lambda line: print(line, flush=True))
 
 
+# ---------------------------------------------------------------------------------------- search
+
+
+def add_search_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="the recipe search of docs/design.md §13: the next runs of METHOD's coordinate search",
+        description=(
+            f"Run METHOD's recipe search (docs/design.md §13) from where it stopped: first the shipped recipe "
+            f"with seeds {', '.join(map(str, search.NOISE_SEEDS))} (the seed noise σ), then each setting in "
+            f"order, one {search.EPOCHS}-epoch run per value, keeping a new value only if its validation probe "
+            "leads the kept one by more than 2·√2·σ. Each run and decision is stored under results.search of "
+            "METHOD's manifest entry as it ends, so an interrupted search resumes. The test split is never used."
+        ),
+    )
+    parser.add_argument(
+        "method", choices=tuple(search.GRIDS), metavar="METHOD", help=f"one of: {', '.join(search.GRIDS)}"
+    )
+    parser.add_argument(
+        "--max-runs", type=positive_int, default=None, metavar="N", help="stop after N runs (default: to the end)"
+    )
+    add_device_argument(parser)
+    add_weights_argument(parser, WEIGHTS_HELP)
+    add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
+    add_dataset_argument(parser)
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=positive_int,
+        default=None,
+        help="stop each epoch after N steps (smoke runs and tests)",
+    )
+    parser.set_defaults(handler=run_search)
+
+
+def run_search(args: argparse.Namespace) -> None:
+    recipe_search = search.RecipeSearch(
+        method=args.method,
+        dataset=args.dataset,
+        root=args.weights,
+        limit=args.limit,
+        steps_per_epoch=args.steps_per_epoch,
+        command=args.command_line,
+    )
+    finished = recipe_search.run(
+        resolve_device(args.device), args.max_runs, report=lambda line: print(line, flush=True)
+    )
+    kept = recipe_search.kept() or "the shipped recipe"
+    print(f"{args.method}: search {'finished' if finished else 'stopped'}; settings kept so far: {kept}")
+
+
 # ---------------------------------------------------------------------------------------- results
 
 
@@ -724,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transfer_parser(subparsers)
     add_finetune_parser(subparsers)
     add_sweep_parser(subparsers)
+    add_search_parser(subparsers)
     add_bench_parser(subparsers)
     add_results_parser(subparsers)
     return parser

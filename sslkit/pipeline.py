@@ -374,6 +374,67 @@ def monitor(method, images: torch.Tensor, labels: torch.Tensor, device: torch.de
     return record
 
 
+def build_varied_method(name: str, settings: dict, dataset: str = DEFAULT_DATASET, seed: int = 0):
+    """``name``'s method with some of its settings changed: constructor arguments (``temperature``, ...),
+    or ``views`` (a view set by name) or one of ``VIEW_SETTINGS`` (the method's own views, one changed)."""
+    arguments = {key: value for key, value in settings.items() if key != "views" and key not in VIEW_SETTINGS}
+    views = build_method(name, dataset).augment_config
+    if "views" in settings:
+        views = VIEW_ABLATIONS[settings["views"]]
+    for key in VIEW_SETTINGS:
+        if key in settings:
+            views = vary_views(views, key, settings[key])
+    if views is not None and views != build_method(name, dataset).augment_config:
+        arguments["augment_config"] = views
+    return build_method(name, dataset, seed=seed, **arguments)
+
+
+def short_run(
+    name: str,
+    settings: dict,
+    config: TrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    dataset: str = DEFAULT_DATASET,
+    monitor_every: int = 0,
+    diagnostics: bool = False,
+) -> dict:
+    """Train ``name`` with ``settings`` changed (see ``build_varied_method``) under ``config``, fit the
+    linear probe on the training split and score it on the validation split (never the test split).
+
+    Returns the last epoch's training metrics, ``validation_accuracy`` and ``seconds``; with
+    ``monitor_every`` also the monitored ``history``, with ``diagnostics`` the embeddings' diagnostics."""
+    method = build_varied_method(name, settings, dataset, seed=config.seed)
+    on_epoch_end = None
+    if monitor_every:
+
+        def on_epoch_end(method, epoch):
+            if epoch % monitor_every and epoch != config.epochs:
+                return {}
+            return monitor(method, images, labels, device)
+
+    started = time.perf_counter()
+    history = train(method, images, labels, config, device, progress=False, on_epoch_end=on_epoch_end, dataset=dataset)
+    _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
+    last = {key: value for key, value in history[-1].items() if key not in ("epoch", "lr", "seconds", *MONITORED)}
+    run = {
+        **last,
+        "validation_accuracy": round(max(validation.values()), 6),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if monitor_every:
+        run["history"] = [
+            {key: round(record[key], 6) for key in ("epoch", "loss", *MONITORED) if key in record}
+            for record in history
+            if MONITORED[0] in record
+        ]
+    if diagnostics:
+        _, validation_indices = probe_validation_split(labels)
+        run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
+    return run
+
+
 @dataclass
 class Sweep:
     """Short runs of one method over the values of one setting, scored by the linear probe on the
@@ -458,46 +519,20 @@ class Sweep:
 
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
         """Train one run and score it on the validation split; its record."""
-        settings = {self.param: value} if self.param in method_settings(self.method) else {}
-        if self.param == "views":
-            settings = {"augment_config": VIEW_ABLATIONS[value]}
-        elif self.param in VIEW_SETTINGS:  # the method's own views (with colour on colour images), one setting changed
-            views = build_method(self.method, self.dataset).augment_config
-            settings = {"augment_config": vary_views(views, self.param, value)}
-        method = build_method(self.method, self.dataset, seed=seed, **settings)
         config = self.train_config(value, seed)
-        on_epoch_end = None
-        if self.monitor_every:
-
-            def on_epoch_end(method, epoch):
-                if epoch % self.monitor_every and epoch != config.epochs:
-                    return {}
-                return monitor(method, images, labels, device)
-
-        started = time.perf_counter()
-        history = train(
-            method, images, labels, config, device, progress=False, on_epoch_end=on_epoch_end, dataset=self.dataset
+        settings = {} if self.param in SWEEPABLE_TRAIN_SETTINGS else {self.param: value}
+        run = short_run(
+            self.method,
+            settings,
+            config,
+            images,
+            labels,
+            device,
+            self.dataset,
+            monitor_every=self.monitor_every,
+            diagnostics=self.diagnostics,
         )
-        _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
-        last = {key: value for key, value in history[-1].items() if key not in ("epoch", "lr", "seconds", *MONITORED)}
-        run = {
-            "value": value,
-            "seed": seed,
-            "lr": config.lr,
-            **last,
-            "validation_accuracy": round(max(validation.values()), 6),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        if self.monitor_every:
-            run["history"] = [
-                {key: round(record[key], 6) for key in ("epoch", "loss", *MONITORED) if key in record}
-                for record in history
-                if MONITORED[0] in record
-            ]
-        if self.diagnostics:
-            _, validation_indices = probe_validation_split(labels)
-            run["diagnostics"] = embedding_diagnostics(method, images[validation_indices[:2048]])
-        return run
+        return {"value": value, "seed": seed, "lr": config.lr, **run}
 
     def record(self, runs: list[dict], device: torch.device) -> None:
         """Store the runs under ``results.sweeps.PARAM``, read and written under one manifest lock, so

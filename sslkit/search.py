@@ -1,0 +1,279 @@
+"""The recipe search (docs/design.md §13): a coordinate search over each method's settings, by a
+protocol fixed before any run.
+
+Every run trains for ``EPOCHS`` epochs (warm-up ``WARMUP_EPOCHS``) and is scored by the linear probe
+on the validation split. The shipped recipe first runs with ``NOISE_SEEDS``: the standard deviation
+σ of those runs is the seed noise. Then each setting of ``GRIDS[method]``, in order, runs once per
+value (seed 0) with the values kept so far; its best value replaces the kept one only if it leads it
+by more than ``2·√2·σ``. Runs are stored in the manifest's ``results.search`` as each ends and are
+never run twice (a run is named by its settings and seed), so the search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import DEFAULT_DATASET
+from .devices import describe_device
+from .methods import build_method, method_class
+from .pipeline import SWEEPABLE_TRAIN_SETTINGS, load_splits, short_run
+from .train import TrainConfig
+from .weights import manifest_entry, manifest_update
+
+EPOCHS = 20
+WARMUP_EPOCHS = 1
+NOISE_SEEDS = (0, 1, 2)
+SEED = 0  # every run of a setting's grid
+LEAD_IN_NOISE_UNITS = 2 * math.sqrt(2)  # a value must lead the kept one by this many σ to replace it
+
+DECAY = ("decay_every_parameter", (1, 0))
+CONTRASTIVE = (
+    DECAY,
+    ("temperature", (0.1, 0.2, 0.3, 0.5)),
+    ("crop_min_area", (0.08, 0.25, 0.4)),
+    ("jitter_strength", (0.2, 0.4, 0.6)),
+    ("projector_hidden_dim", (128, 512)),
+    ("projector_out_dim", (32, 64, 128)),
+)
+# Each method's settings in the order they are searched, each with its grid (the shipped value among them).
+GRIDS: dict[str, tuple[tuple[str, tuple], ...]] = {
+    "simclr": CONTRASTIVE,
+    "dcl": CONTRASTIVE,
+    "vicreg": (
+        DECAY,
+        ("lr", (1e-3, 3e-3, 1e-2)),
+        ("sim_coeff", (10.0, 25.0, 50.0)),
+        ("std_coeff", (10.0, 25.0, 50.0)),
+        ("cov_coeff", (0.5, 1.0, 2.0)),
+    ),
+    "autoencoder": (
+        DECAY,
+        ("noise_std", (0.0, 0.1, 0.2, 0.4)),
+        ("decoder_widths", ((32, 16, 8), (64, 32, 16), (128, 64, 32))),
+    ),
+    "vae": (DECAY, ("beta", (0.5, 1.0, 2.0, 4.0)), ("latent_dim", (16, 32, 64))),
+    "rotation": (DECAY, ("crop_min_area", (0.25, 0.6, 1.0)), ("head_hidden_dim", (128, 256, 512))),
+    "mae": (
+        DECAY,
+        ("mask_ratio", (0.5, 0.65, 0.75, 0.85)),
+        ("decoder_dim", (64, 128)),
+        ("decoder_depth", (1, 2, 4)),
+        ("lr", (2.5e-4, 5e-4, 1e-3)),
+        ("weight_decay", (0.01, 0.05, 0.1)),
+    ),
+}
+
+
+def shipped_value(method: str, setting: str, dataset: str = DEFAULT_DATASET):
+    """The value ``setting`` has in ``method``'s shipped recipe."""
+    if setting in SWEEPABLE_TRAIN_SETTINGS:
+        return {**TrainConfig().to_dict(), **method_class(method).recipe}[setting]
+    if setting == "crop_min_area":
+        return build_method(method, dataset).augment_config.crop_scale[0]
+    if setting == "jitter_strength":
+        return build_method(method, dataset).augment_config.brightness
+    parameter = inspect.signature(method_class(method)).parameters.get(setting)
+    if parameter is None:
+        raise ValueError(f"{method} has no setting {setting!r}")
+    return parameter.default
+
+
+def same(a, b) -> bool:
+    """Values equal as the manifest stores them (tuples become lists, booleans numbers)."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)
+    return a == b
+
+
+def changed(method: str, settings: dict, dataset: str = DEFAULT_DATASET) -> dict:
+    """``settings`` without those at their shipped value: the name of a run, whatever order it was reached in."""
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in sorted(settings.items())
+        if not same(value, shipped_value(method, key, dataset))
+    }
+
+
+def train_config(settings: dict, seed: int, recipe: dict, steps_per_epoch: int | None = None) -> TrainConfig:
+    train_settings = {key: value for key, value in settings.items() if key in SWEEPABLE_TRAIN_SETTINGS}
+    return TrainConfig(
+        **{**recipe, "warmup_epochs": WARMUP_EPOCHS, **train_settings},
+        epochs=EPOCHS,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def method_settings_of(settings: dict) -> dict:
+    """The settings a method is built with (the others are training settings); lists back to tuples."""
+    return {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in settings.items()
+        if key not in SWEEPABLE_TRAIN_SETTINGS
+    }
+
+
+@dataclass
+class Step:
+    """What the search does next: the runs it still needs, or the decision they allow."""
+
+    setting: str | None  # None: the noise runs of the shipped recipe
+    runs: list[tuple[dict, int]]  # (changed settings, seed) still to train
+    values: tuple = ()
+
+
+@dataclass
+class RecipeSearch:
+    method: str
+    dataset: str = DEFAULT_DATASET
+    root: Path | None = None
+    limit: int | None = None  # smoke runs and tests
+    steps_per_epoch: int | None = None  # smoke runs and tests
+    command: str = ""
+
+    def __post_init__(self):
+        if self.method not in GRIDS:
+            raise ValueError(f"the recipe search covers {', '.join(GRIDS)}; {self.method!r} is not one of them")
+        manifest_entry(self.method, self.dataset, self.root)  # results are recorded beside the shipped weights
+
+    # ------------------------------------------------------------------ reading the record
+
+    def record(self) -> dict:
+        record = manifest_entry(self.method, self.dataset, self.root).get("results", {}).get("search", {})
+        protocol = self.protocol()
+        if record and record.get("protocol") != protocol:
+            raise ValueError(
+                f"{self.method}'s recorded search used {record.get('protocol')}, not {protocol}: "
+                "runs of two protocols cannot be compared; remove results.search from its manifest entry "
+                "to start again"
+            )
+        return record
+
+    def protocol(self) -> dict:
+        protocol = {"epochs": EPOCHS, "warmup_epochs": WARMUP_EPOCHS, "noise_seeds": list(NOISE_SEEDS)}
+        if self.limit or self.steps_per_epoch:
+            protocol["smoke"] = {"limit": self.limit, "steps_per_epoch": self.steps_per_epoch}
+        return protocol
+
+    def score(self, settings: dict, seed: int) -> float | None:
+        """The validation accuracy of the recorded run with these changed settings and seed, if any."""
+        for run in self.record().get("runs", []):
+            if run["seed"] == seed and run["settings"] == changed(self.method, settings, self.dataset):
+                return run["validation_accuracy"]
+        return None
+
+    def kept(self) -> dict:
+        """The changed settings kept by the decisions so far."""
+        kept = {}
+        for decision in self.record().get("decisions", []):
+            kept[decision["setting"]] = decision["kept"]
+        return changed(self.method, kept, self.dataset)
+
+    def noise(self) -> float | None:
+        """σ: the standard deviation of the shipped recipe's validation accuracy over ``NOISE_SEEDS``."""
+        scores = [self.score({}, seed) for seed in NOISE_SEEDS]
+        if None in scores:
+            return None
+        return float(torch.tensor(scores, dtype=torch.float64).std())
+
+    def next_step(self) -> Step | None:
+        """The noise runs first, then each setting in order; None when every setting is decided."""
+        missing = [({}, seed) for seed in NOISE_SEEDS if self.score({}, seed) is None]
+        if missing:
+            return Step(None, missing)
+        decided = {decision["setting"] for decision in self.record().get("decisions", [])}
+        for setting, values in GRIDS[self.method]:
+            if setting in decided:
+                continue
+            kept = self.kept()
+            runs = [
+                (changed(self.method, {**kept, setting: value}, self.dataset), SEED)
+                for value in values
+                if self.score({**kept, setting: value}, SEED) is None
+            ]
+            return Step(setting, runs, values)
+        return None
+
+    # ------------------------------------------------------------------ running it
+
+    def decide(self, setting: str, values: tuple) -> dict:
+        """Keep the best value only if it leads the kept one by more than 2·√2·σ."""
+        kept = self.kept()
+        current = kept.get(setting, shipped_value(self.method, setting, self.dataset))
+        current = next((value for value in values if same(value, current)), current)  # True → 1
+        scores = [self.score({**kept, setting: value}, SEED) for value in values]
+        best = max(range(len(values)), key=lambda i: scores[i])
+        current_score = self.score({**kept, setting: current}, SEED)
+        threshold = LEAD_IN_NOISE_UNITS * self.noise()
+        lead = scores[best] - current_score
+        replaces = not same(values[best], current) and lead > threshold
+        new = values[best] if replaces else current
+        return {
+            "setting": setting,
+            "values": [list(v) if isinstance(v, tuple) else v for v in values],
+            "validation_accuracy": scores,
+            "current": list(current) if isinstance(current, tuple) else current,
+            "best": list(values[best]) if isinstance(values[best], tuple) else values[best],
+            "lead": round(lead, 6),
+            "threshold": round(threshold, 6),
+            "kept": list(new) if isinstance(new, tuple) else new,
+        }
+
+    def train_one(self, settings: dict, seed: int, images, labels, device: torch.device) -> dict:
+        config = train_config(settings, seed, method_class(self.method).recipe, self.steps_per_epoch)
+        run = short_run(self.method, method_settings_of(settings), config, images, labels, device, self.dataset)
+        return {"settings": settings, "seed": seed, **run, "command": self.command, "device": describe_device(device)}
+
+    def save(self, run: dict | None = None, decision: dict | None = None) -> None:
+        """Add a run or a decision to ``results.search``, under the manifest's lock."""
+        with manifest_update(self.dataset, self.root) as manifest:
+            results = manifest["methods"][self.method].setdefault("results", {})
+            search = results.setdefault("search", {"protocol": self.protocol(), "runs": [], "decisions": []})
+            if run is not None:
+                search["runs"].append(run)
+            if decision is not None:
+                search["decisions"].append(decision)
+
+    def run(self, device: torch.device, max_runs: int | None = None, report=print) -> bool:
+        """Train runs and take decisions until the search ends (True) or ``max_runs`` runs are done."""
+        (images, labels), _ = load_splits(self.dataset, self.limit)
+        done = 0
+        while (step := self.next_step()) is not None:
+            for settings, seed in step.runs:
+                if max_runs is not None and done == max_runs:
+                    return False
+                run = self.train_one(settings, seed, images, labels, device)
+                self.save(run=run)
+                done += 1
+                report(
+                    f"{self.method} {settings or 'shipped recipe'} seed {seed}: validation probe accuracy "
+                    f"{100 * run['validation_accuracy']:.2f}% ({run['seconds']:.0f} s)"
+                )
+            if step.setting is None:
+                report(f"{self.method}: seed noise σ = {100 * self.noise():.2f} points")
+                continue
+            decision = self.decide(step.setting, step.values)
+            self.save(decision=decision)
+            report(describe_decision(decision))
+        return True
+
+
+def describe_decision(decision: dict) -> str:
+    scores = ", ".join(
+        f"{value}: {100 * score:.2f}%"
+        for value, score in zip(decision["values"], decision["validation_accuracy"], strict=True)
+    )
+    verdict = (
+        f"{decision['kept']} replaces {decision['current']}"
+        if not same(decision["kept"], decision["current"])
+        else f"{decision['current']} stays"
+    )
+    return (
+        f"{decision['setting']}: {scores}; best {decision['best']} leads by {100 * decision['lead']:.2f} "
+        f"points against a threshold of {100 * decision['threshold']:.2f}: {verdict}"
+    )

@@ -1,0 +1,135 @@
+"""The recipe search (sslkit.search, docs/design.md §13): its grids, its decision rule, and that it
+resumes without training a run twice."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import sslkit.search
+from sslkit.pipeline import build_varied_method
+from sslkit.search import GRIDS, NOISE_SEEDS, RecipeSearch, changed, describe_decision, shipped_value, train_config
+from sslkit.weights import weights_dir
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for entry in manifest["methods"].values():
+        entry.get("results", {}).pop("search", None)  # a search of the shipped weights may be under way
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+@pytest.mark.parametrize("method", sorted(GRIDS))
+def test_every_grid_holds_the_shipped_value_and_every_value_builds_a_run(method):
+    recipe = sslkit.search.method_class(method).recipe
+    for setting, values in GRIDS[method]:
+        shipped = shipped_value(method, setting)
+        assert any(sslkit.search.same(value, shipped) for value in values), (setting, shipped, values)
+        for value in values:
+            settings = changed(method, {setting: value})
+            config = train_config(settings, 0, recipe)
+            built = build_varied_method(method, sslkit.search.method_settings_of(settings))
+            assert config.epochs == sslkit.search.EPOCHS and config.warmup_epochs == sslkit.search.WARMUP_EPOCHS
+            if setting in sslkit.search.SWEEPABLE_TRAIN_SETTINGS:
+                assert getattr(config, setting) == value
+            elif setting == "crop_min_area":
+                assert built.augment_config.crop_scale == (value, 1.0)
+            elif setting == "jitter_strength":
+                assert built.augment_config.brightness == built.augment_config.contrast == value
+            else:
+                assert sslkit.search.same(getattr(built, setting), value)
+
+
+def test_a_run_is_named_by_what_differs_from_the_shipped_recipe():
+    assert changed("simclr", {"temperature": 0.3, "decay_every_parameter": 1}) == {}
+    assert changed("simclr", {"projector_out_dim": 64, "temperature": 0.1}) == {
+        "projector_out_dim": 64,
+        "temperature": 0.1,
+    }
+    assert list(changed("simclr", {"temperature": 0.1, "crop_min_area": 0.08})) == ["crop_min_area", "temperature"]
+    assert changed("autoencoder", {"decoder_widths": (32, 16, 8)}) == {"decoder_widths": [32, 16, 8]}
+    assert changed("autoencoder", {"decoder_widths": [64, 32, 16]}) == {}
+    with pytest.raises(ValueError, match="no setting 'beta'"):
+        changed("simclr", {"beta": 1.0})
+
+
+def fake_scores(method):
+    """A validation accuracy for each run that depends only on its settings and seed: the noise runs
+    differ by 0.1 points (σ = 0.1 points, threshold 0.28), decay_every_parameter=0 leads by 0.2 (kept
+    out), crop area 0.4 by 0.5 (kept), and from there jitter 0.6 by 0.3 (kept)."""
+    trained = []
+
+    def short_run(name, settings, config, images, labels, device, dataset, **_):
+        assert name == method and config.epochs == sslkit.search.EPOCHS
+        trained.append((dict(settings), config.seed, config.decay_every_parameter))
+        score = 0.85 + 0.001 * config.seed
+        score += 0.002 * (not config.decay_every_parameter)
+        score += 0.005 * (settings.get("crop_min_area") == 0.4)
+        score += 0.003 * (settings.get("jitter_strength") == 0.6 and settings.get("crop_min_area") == 0.4)
+        score -= 0.01 * (settings.get("temperature", 0.3) != 0.3)
+        return {"loss": 1.0, "validation_accuracy": score, "seconds": 0.0}
+
+    return trained, short_run
+
+
+def test_the_search_keeps_a_value_only_beyond_the_noise_and_resumes_without_retraining(root, monkeypatch):
+    trained, short_run = fake_scores("simclr")
+    monkeypatch.setattr(sslkit.search, "short_run", short_run)
+    monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
+    search = RecipeSearch("simclr", root=root)
+    assert search.run(torch.device("cpu"), max_runs=5, report=lambda *_: None) is False
+    assert len(trained) == 5
+    assert search.run(torch.device("cpu"), report=lambda *_: None) is True
+
+    # the noise runs first; no run is trained twice, the shipped recipe's seed-0 run is reused by every grid
+    assert [(settings, seed) for settings, seed, _ in trained[:3]] == [({}, seed) for seed in NOISE_SEEDS]
+    keys = [(json.dumps(settings, sort_keys=True), seed, decay) for settings, seed, decay in trained]
+    assert len(keys) == len(set(keys))
+    runs = json.loads((root / "manifest.json").read_text())["methods"]["simclr"]["results"]["search"]["runs"]
+    assert len(runs) == len(trained) == 3 + 1 + 3 + 2 + 2 + 1 + 2
+    assert math.isclose(search.noise(), 0.001, rel_tol=1e-9)
+
+    decisions = {d["setting"]: d for d in search.record()["decisions"]}
+    assert list(decisions) == [setting for setting, _ in GRIDS["simclr"]]
+    assert decisions["decay_every_parameter"]["kept"] == 1  # leads by 0.2 points: within 2·√2·σ = 0.28
+    assert math.isclose(decisions["decay_every_parameter"]["threshold"], 2 * math.sqrt(2) * 0.001, abs_tol=1e-6)
+    assert decisions["crop_min_area"]["kept"] == 0.4 and decisions["crop_min_area"]["current"] == 0.25
+    assert decisions["jitter_strength"]["kept"] == 0.6  # measured with crop area 0.4 kept
+    assert decisions["temperature"]["kept"] == 0.3
+    assert search.kept() == {"crop_min_area": 0.4, "jitter_strength": 0.6}
+    assert "0.6 replaces 0.4" in describe_decision(decisions["jitter_strength"])
+    assert "1 stays" in describe_decision(decisions["decay_every_parameter"])
+    assert search.next_step() is None
+
+
+def test_runs_of_another_protocol_are_not_mixed_in(root, monkeypatch):
+    _, short_run = fake_scores("rotation")
+    monkeypatch.setattr(sslkit.search, "short_run", short_run)
+    monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
+    RecipeSearch("rotation", root=root).run(torch.device("cpu"), max_runs=1, report=lambda *_: None)
+    with pytest.raises(ValueError, match="runs of two protocols cannot be compared"):
+        RecipeSearch("rotation", root=root, steps_per_epoch=2).next_step()
+
+
+def test_only_searched_methods_have_a_search(root):
+    with pytest.raises(ValueError, match="the recipe search covers"):
+        RecipeSearch("supervised", root=root)
+
+
+def test_the_command_trains_and_records_a_real_run(root, capsys):
+    from sslkit.cli import main
+
+    code = main(["search", "rotation", "--weights", str(root), "--limit", "600", "--steps-per-epoch", "1",
+                 "--max-runs", "1"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "rotation shipped recipe seed 0: validation probe accuracy" in out and "search stopped" in out
+    search = json.loads((root / "manifest.json").read_text())["methods"]["rotation"]["results"]["search"]
+    (run,) = search["runs"]
+    assert run["settings"] == {} and run["seed"] == 0 and 0.1 < run["validation_accuracy"] <= 1
+    assert run["command"].startswith("python -m sslkit search rotation") and run["device"].startswith("cpu")
+    assert search["protocol"]["smoke"] == {"limit": 600, "steps_per_epoch": 1}
