@@ -9,7 +9,8 @@ Three ways to make SimCLR views of the same images with the same augmentation se
 
 All three run in one process, one after the other, on the same images, and the ratios are
 printed, so the comparison never mixes machines or runs. Then the training throughput (images/s,
-peak memory) of each trainable method with its shipped recipe, and the FLOP/s its step achieves as a
+peak memory) of each trainable method with its shipped recipe; SimCLR's against a peer pipeline
+(torchvision transforms in a DataLoader, lightly's NTXentLoss); and the FLOP/s each step achieves as a
 fraction of the machine's peak (a large matrix product in the same precision, measured in the same run).
 """
 
@@ -24,6 +25,7 @@ import torch
 
 from .augment import AugmentConfig, augment, simclr_augment_config
 from .data import DEFAULT_DATASET, dataset_info, load_dataset, to_float
+from .devices import mixed_precision_dtype
 from .methods import build_method, method_class
 from .train import TrainConfig, train
 
@@ -77,6 +79,16 @@ class _TransformedImages(torch.utils.data.Dataset):
         return self.transform(image.unsqueeze(0) if image.ndim == 2 else image)  # [C, H, W]
 
 
+class _TwoViews(_TransformedImages):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().__getitem__(index), super().__getitem__(index)
+
+
+def loader_workers() -> int:
+    """DataLoader workers: one per CPU core, at most 8 (lightly's examples use 8)."""
+    return min(8, os.cpu_count() or 1)
+
+
 def kornia_pipeline(config: AugmentConfig, size: int = 28):
     """The same augmentation with ``kornia.augmentation`` (batched, per-sample parameters)."""
     import kornia.augmentation as K
@@ -118,7 +130,7 @@ def bench_augmentation(images: torch.Tensor, device: torch.device, batch_size: i
         results["kornia.augmentation (batched)"] = batch_size / seconds
     except ImportError:
         print("kornia is not installed (pip install kornia): skipping its column")
-    workers = min(4, os.cpu_count() or 1)
+    workers = loader_workers()
     loader = torch.utils.data.DataLoader(
         _TransformedImages(images, torchvision_pipeline(config, size)),
         batch_size=batch_size,
@@ -214,6 +226,59 @@ def train_throughput(
     }
 
 
+def peer_simclr_throughput(device: str, batch_size: int, steps: int, dataset: str = DEFAULT_DATASET) -> dict:
+    """Images/s of a SimCLR training step as most users would write it with maintained libraries:
+    torchvision.transforms.v2 making two views per image in a ``DataLoader`` (``loader_workers()``
+    workers, pinned memory on CUDA), lightly's ``NTXentLoss``, and the loop of lightly's SimCLR example
+    (each view through the model on its own). Encoder, projector, views, temperature, optimiser, batch
+    and precision are sslkit's SimCLR recipe, so the difference is the pipeline alone."""
+    from lightly.loss import NTXentLoss
+
+    device = torch.device(device)
+    images, _ = load_dataset(dataset, "train")
+    method = build_method("simclr", dataset, seed=0).to(device).train()
+    model = torch.nn.Sequential(method.encoder, method.projector)
+    criterion = NTXentLoss(temperature=method.temperature)
+    recipe = method_class("simclr").recipe
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe["lr"], momentum=0.9, nesterov=True, weight_decay=recipe["weight_decay"]
+    )
+    loader = torch.utils.data.DataLoader(
+        _TwoViews(images, torchvision_pipeline(method.augment_config, images.shape[-1])),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=loader_workers(),
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
+    batches = iter(loader)
+    dtype = mixed_precision_dtype(device)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step(_: int) -> None:
+        x0, x1 = (view.to(device, non_blocking=True) for view in next(batches))
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = criterion(model(x0), model(x1))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    seconds = time_per_batch(step, device, steps)
+    return {"images_per_second": batch_size / seconds, "workers": loader_workers()}
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new process, so that its memory and threads are its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def training_step_flops(name: str, batch_size: int, dataset: str = DEFAULT_DATASET) -> float:
     """Floating-point operations of one training step of ``name`` (forward and backward, every view) on a
     batch of ``batch_size`` images, counted by PyTorch's ``FlopCounterMode``: the matrix products and
@@ -256,13 +321,7 @@ def bench_training(
     allocator peak on a GPU, the rise of resident memory on a CPU) is its own and not memory that
     an earlier method left to the allocator.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    results = {}
-    for name in methods:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results[name] = pool.submit(
-                train_throughput, name, str(device), batch_size, steps, compile_model, dataset
-            ).result()
-    return results
+    return {
+        name: in_fresh_process(train_throughput, name, str(device), batch_size, steps, compile_model, dataset)
+        for name in methods
+    }

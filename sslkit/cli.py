@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 from . import distributed, search
-from .bench import bench_augmentation, bench_training, peak_matmul_flops
+from .bench import (
+    bench_augmentation,
+    bench_training,
+    in_fresh_process,
+    peak_matmul_flops,
+    peer_simclr_throughput,
+    train_throughput,
+)
 from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, DataNotFoundError, dataset_info
 from .devices import describe_device, mixed_precision_dtype, resolve_device
 from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, FineTuneConfig, label_efficiency
@@ -699,6 +706,28 @@ def add_bench_parser(subparsers) -> None:
     parser.set_defaults(handler=run_bench)
 
 
+def print_peer_comparison(device: torch.device, batch_size: int, steps: int, dataset: str, training: dict) -> None:
+    """SimCLR's training images/s in sslkit against the peer pipeline, each timed in a fresh process."""
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        print("\nlightly is not installed (pip install lightly): skipping the comparison with its pipeline")
+        return
+    sslkit_rate = training["simclr"]["images_per_second"] if "simclr" in training else None
+    if sslkit_rate is None:
+        sslkit_rate = in_fresh_process(train_throughput, "simclr", str(device), batch_size, steps, False, dataset)[
+            "images_per_second"
+        ]
+    peer = in_fresh_process(peer_simclr_throughput, str(device), batch_size, steps, dataset)
+    print(
+        f"\nSimCLR training against the pipeline most users would write (torchvision.transforms.v2 in a "
+        f"DataLoader with {peer['workers']} workers, lightly's NTXentLoss), batch {batch_size}, {steps} steps:"
+    )
+    print(f"  {'sslkit':<12} {sslkit_rate:>10,.0f} images/s")
+    print(f"  {'peer':<12} {peer['images_per_second']:>10,.0f} images/s")
+    print(f"  sslkit / peer: {sslkit_rate / peer['images_per_second']:.2f}x")
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if args.batch_size < 2 or args.batches < 1 or args.steps < 1:
         raise ValueError("--batch-size must be at least 2, --batches and --steps at least 1")
@@ -729,6 +758,7 @@ def run_bench(args: argparse.Namespace) -> int:
             f"(~{result['seconds_per_epoch']:.0f} s per epoch of {len(images):,} images), "
             f"{memory_kind} {result['peak_memory_mib']:.0f} MiB"
         )
+    print_peer_comparison(device, args.batch_size, args.steps, args.dataset, training)
     dtype = mixed_precision_dtype(device)
     peak = peak_matmul_flops(device, dtype)
     precision = str(dtype or torch.float32).removeprefix("torch.")

@@ -293,6 +293,7 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
     assert "simclr" in result.stdout and "images/s" in result.stdout
     assert "peak rise of resident memory" in result.stdout  # CPU memory, as CUDA's allocator peak on a GPU
     assert re.search(r"simclr +[\d,.]+ GFLOP/s +[\d.]+% of the peak", result.stdout)  # the step against a matmul
+    assert re.search(r"peer +[\d,]+ images/s\n  sslkit / peer: [\d.]+x", result.stdout)  # lightly's pipeline
     assert "recorded results.cost for simclr, rotation" in result.stdout
     assert "removed the costs of" in result.stdout and "dcl" in result.stdout  # shipped costs come from another run
 

@@ -40,6 +40,16 @@ def test_nt_xent_matches_explicit_loop(n, d, temperature):
     assert nt_xent_loss(z1, z2, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_xent_equals_lightlys_ntxentloss(temperature):
+    """An independent implementation: lightly's NTXentLoss (the peer pipeline of `bench`)."""
+    from lightly.loss import NTXentLoss
+
+    z1, z2 = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(3)).unbind()
+    expected = NTXentLoss(temperature=temperature)(z1, z2)
+    torch.testing.assert_close(nt_xent_loss(z1, z2, temperature), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_nt_xent_hand_checked_value():
     # Two images, each with two identical views, images orthogonal: for every anchor the partner
     # has similarity 1 and both negatives similarity 0, so ℓ = -log(e^{1/τ} / (e^{1/τ} + 2)).
