@@ -270,3 +270,77 @@ def mae_loss(
         target = normalized_patches(patches.float()) if normalize_target else patches.float()
         per_patch = (predictions.float() - target).pow(2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
+    """SimSiam's D(p, z) = −(p/‖p‖₂)·(z/‖z‖₂), averaged over the batch (Chen and He 2021, Eq. 1).
+
+    ``z`` is the target: with ``stop_gradient`` (their Eq. 3) no gradient flows into it; without,
+    both branches are pulled together, which is the ablation that collapses (their Fig. 2)."""
+    if p.ndim != 2 or p.shape != z.shape:
+        raise ValueError(
+            f"negative_cosine expects p and z of the same shape [N, D], got {tuple(p.shape)}, {tuple(z.shape)}"
+        )
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        z = z.detach() if stop_gradient else z
+        return -F.cosine_similarity(p.float(), z.float(), dim=1).mean()
+
+
+def simsiam_loss(
+    p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, stop_gradient: bool = True
+) -> torch.Tensor:
+    """SimSiam's symmetrised loss L = ½ D(p₁, stopgrad(z₂)) + ½ D(p₂, stopgrad(z₁)) (Chen and He 2021,
+    Eqs. 2-3): each view's prediction ``p`` is compared with the other view's projection ``z``.
+    Its minimum is −1, every prediction parallel to its target."""
+    return (negative_cosine(p1, z2, stop_gradient) + negative_cosine(p2, z1, stop_gradient)) / 2
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss (Grill et al. 2020, Eq. 2, symmetrised as L + L̃ in Sec. 3.1): the mean squared error
+    between the ℓ2-normalised prediction of one view and the normalised target projection of the other,
+
+        ‖p̄ − z̄'‖²₂ = 2 − 2·⟨p, z'⟩ / (‖p‖₂·‖z'‖₂),
+
+    averaged over the batch and summed over the two directions (view 1 predicts view 2's target
+    and back). The targets ``z1``, ``z2`` come from the target network and get no gradient. It
+    equals 4 + 4·``simsiam_loss``: the two methods differ in the target network, not the objective.
+    Range [0, 8]."""
+    return 4 + 4 * simsiam_loss(p1, p2, z1, z2, stop_gradient=True)
+
+
+def cross_correlation(z1: torch.Tensor, z2: torch.Tensor, epsilon: float = 1e-5) -> torch.Tensor:
+    """The ``[D, D]`` cross-correlation matrix of two embeddings along the batch (Zbontar et al. 2021,
+    Eq. 2): each dimension standardised over the batch (mean 0, biased variance 1, as a BatchNorm
+    without affine parameters does, with its ε), then C = z̃₁ᵀ z̃₂ / N."""
+    n = z1.shape[0]
+
+    def standardised(z: torch.Tensor) -> torch.Tensor:
+        return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + epsilon)
+
+    return standardised(z1).T @ standardised(z2) / n
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: float = 5e-3) -> dict[str, torch.Tensor]:
+    """Barlow Twins (Zbontar et al. 2021, Eq. 1): drive the cross-correlation matrix C of the two
+    views' embeddings (``cross_correlation``, their Eq. 2) to the identity,
+
+        L = Σ_i (1 − C_ii)²  +  λ Σ_i Σ_{j≠i} C_ij²,
+
+    the invariance term (each dimension agrees across the views) and the redundancy-reduction term
+    (different dimensions carry different information), weighted by λ = ``redundancy_weight``
+    (5·10⁻³ in the paper, for 8,192 dimensions). Collapsed embeddings have no variance: their
+    standardised values are 0, C = 0, and the loss is D, its value far from the optimum.
+
+    Returns:
+        ``{"loss", "invariance", "redundancy"}``, float32 scalars (the terms unweighted).
+    """
+    _check_pair(z1, z2, "barlow_twins_loss")
+    if redundancy_weight < 0:
+        raise ValueError(f"barlow_twins_loss: redundancy_weight must be non-negative, got {redundancy_weight}")
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        c = cross_correlation(z1.float(), z2.float())
+        on_diagonal = torch.diagonal(c)
+        invariance = (1 - on_diagonal).pow(2).sum()
+        redundancy = c.pow(2).sum() - on_diagonal.pow(2).sum()
+        loss = invariance + redundancy_weight * redundancy
+        return {"loss": loss, "invariance": invariance, "redundancy": redundancy}

@@ -32,7 +32,19 @@ from .augment import (
 )
 from .data import DEFAULT_DATASET, dataset_info
 from .distributed import global_loss
-from .losses import dcl_loss, elbo_loss, mae_loss, nt_xent_loss, patch_statistics, reconstruction_loss, vicreg_loss
+from .ema import follow, frozen_copy, momentum_at
+from .losses import (
+    barlow_twins_loss,
+    byol_loss,
+    dcl_loss,
+    elbo_loss,
+    mae_loss,
+    nt_xent_loss,
+    patch_statistics,
+    reconstruction_loss,
+    simsiam_loss,
+    vicreg_loss,
+)
 from .models import (
     HAND_CRAFTED_ARCHITECTURES,
     ConvDecoder,
@@ -70,6 +82,10 @@ class Method(nn.Module):
     def training_step(self, images: torch.Tensor, labels: torch.Tensor | None, generator=None) -> dict:
         """Float images ``[B, C, H, W]`` in ``[0, 1]`` → dict with a scalar ``"loss"`` (and extras)."""
         raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Called by the training loop after every optimiser step, ``progress`` the fraction of the run's
+        steps done: where a teacher follows the student (``ema.py``). Nothing for most methods."""
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, generator=None) -> dict:
         """The training step, as ``forward`` so that ``DistributedDataParallel`` can wrap the method."""
@@ -322,6 +338,144 @@ class VICReg(JointEmbedding):
     def training_step(self, images, labels=None, generator=None):
         z1, z2 = self.embed_two_views(images, generator)
         return global_loss(vicreg_loss, z1, z2, self.sim_coeff, self.std_coeff, self.cov_coeff)
+
+
+class SimSiam(JointEmbedding):
+    """SimSiam (Chen and He 2021): two views through one encoder and projector, a predictor on top,
+    and a stop-gradient on the target side (``losses.simsiam_loss``). No negatives and no momentum
+    encoder: the stop-gradient and the predictor alone keep the outputs from collapsing (their
+    Sec. 4, Fig. 2 and Table 1). The projector is SimCLR's; the predictor an MLP
+    out → hidden → out (``predictor_hidden_dim=0``: no predictor, the ablation that collapses).
+    ``stop_gradient=False`` is the other collapsing ablation. Each step also reports ``output_std``,
+    the mean over dimensions of the standard deviation of the ℓ2-normalised projections: about
+    1/√D while the outputs spread over the sphere, 0 when they collapse (their Fig. 2, middle).
+    """
+
+    name = "simsiam"
+    loss_spans_global_batch = False  # each pair's loss is its own (BatchNorm aside)
+    # SGD as in the paper (Sec. 3, "Optimizer": lr 0.05·B/256, weight decay 1e-4, momentum 0.9).
+    recipe = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "warmup_epochs": 5}
+
+    def __init__(
+        self,
+        encoder_config: dict,
+        projector_hidden_dim: int = 512,
+        projector_out_dim: int = 128,
+        predictor_hidden_dim: int = 512,
+        stop_gradient: bool = True,
+        augment_config: AugmentConfig = JointEmbedding.default_views,
+    ):
+        super().__init__(encoder_config)
+        if predictor_hidden_dim < 0:
+            raise ValueError(f"predictor_hidden_dim must be 0 (no predictor) or positive, got {predictor_hidden_dim}")
+        self.projector_hidden_dim, self.projector_out_dim = projector_hidden_dim, projector_out_dim
+        self.predictor_hidden_dim, self.stop_gradient = predictor_hidden_dim, stop_gradient
+        self.augment_config = augment_config
+        self.projector = ProjectionHead(self.encoder.feature_dim, projector_hidden_dim, projector_out_dim)
+        self.predictor = (
+            ProjectionHead(projector_out_dim, predictor_hidden_dim, projector_out_dim)
+            if predictor_hidden_dim
+            else nn.Identity()
+        )
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Projector outputs ``[N, projector_out_dim]``: the targets of the other view's prediction."""
+        return self.projector(self.encoder(images))
+
+    def targets(self, views: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+        """What the predictions are compared with: the projections themselves (the loss stops their gradient)."""
+        return projections
+
+    def objective(self, p1, p2, t1, t2) -> torch.Tensor:
+        return simsiam_loss(p1, p2, t1, t2, self.stop_gradient)
+
+    def training_step(self, images, labels=None, generator=None):
+        views = torch.cat([augment(images, self.augment_config, generator) for _ in range(2)])
+        projections = self.embed(views)  # one pass for both views, as in SimCLR
+        p1, p2 = self.predictor(projections).chunk(2)
+        t1, t2 = self.targets(views, projections).chunk(2)
+        output_std = F.normalize(projections.detach().float(), dim=1).std(dim=0).mean()
+        return {"loss": self.objective(p1, p2, t1, t2), "output_std": output_std}
+
+
+class BYOL(SimSiam):
+    """BYOL (Grill et al. 2020): SimSiam's predictor, but the targets come from a teacher ("target
+    network"): a copy of the encoder and projector that follows them as an exponential moving average
+    (``ema.py``), τ rising from ``base_momentum`` to 1 on a cosine (``constant_momentum``: τ stays
+    at ``base_momentum``, for the ablations τ = 0, the student itself, and τ = 1, a frozen random
+    teacher; their Table 5b). The loss is the normalised mean squared error (``losses.byol_loss``).
+    The teacher is part of the state dict, so checkpoints hold it; only the student's encoder is shipped.
+    """
+
+    name = "byol"
+    recipe = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 5}
+
+    def __init__(
+        self,
+        encoder_config: dict,
+        projector_hidden_dim: int = 512,
+        projector_out_dim: int = 128,
+        predictor_hidden_dim: int = 512,
+        base_momentum: float = 0.99,
+        constant_momentum: bool = False,
+        augment_config: AugmentConfig = JointEmbedding.default_views,
+    ):
+        super().__init__(
+            encoder_config, projector_hidden_dim, projector_out_dim, predictor_hidden_dim, True, augment_config
+        )
+        momentum_at(0.0, base_momentum)  # a clear error for a momentum outside [0, 1]
+        self.base_momentum, self.constant_momentum = base_momentum, constant_momentum
+        self.teacher_encoder, self.teacher_projector = frozen_copy(self.encoder), frozen_copy(self.projector)
+
+    def targets(self, views: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher_projector(self.teacher_encoder(views))
+
+    def objective(self, p1, p2, t1, t2) -> torch.Tensor:
+        return byol_loss(p1, p2, t1, t2)
+
+    def momentum(self, progress: float) -> float:
+        """τ after a fraction ``progress`` of the run's steps."""
+        return self.base_momentum if self.constant_momentum else momentum_at(progress, self.base_momentum)
+
+    def after_optimizer_step(self, progress: float) -> None:
+        follow(self.teacher_encoder, self.encoder, self.momentum(progress))
+        follow(self.teacher_projector, self.projector, self.momentum(progress))
+
+
+class BarlowTwins(JointEmbedding):
+    """Barlow Twins (Zbontar et al. 2021): the cross-correlation matrix of the two views' embeddings,
+    computed along the batch, is driven to the identity (``losses.barlow_twins_loss``): each
+    dimension invariant to the views, different dimensions decorrelated. The projector is VICReg's
+    expander (two hidden layers as wide as the output), and so are the views and the recipe, so the
+    two redundancy-reduction objectives differ only in their loss.
+    """
+
+    name = "barlow_twins"
+    recipe = VICReg.recipe
+
+    def __init__(
+        self,
+        encoder_config: dict,
+        projector_dim: int = 1024,
+        redundancy_weight: float = 5e-3,
+        augment_config: AugmentConfig = JointEmbedding.default_views,
+    ):
+        super().__init__(encoder_config)
+        self.projector_dim, self.redundancy_weight, self.augment_config = (
+            projector_dim,
+            redundancy_weight,
+            augment_config,
+        )
+        self.projector = ProjectionHead(self.encoder.feature_dim, projector_dim, projector_dim, hidden_layers=2)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Projector outputs ``[N, projector_dim]``: the embeddings the loss sees."""
+        return self.projector(self.encoder(images))
+
+    def training_step(self, images, labels=None, generator=None):
+        z1, z2 = self.embed_two_views(images, generator)
+        return global_loss(barlow_twins_loss, z1, z2, self.redundancy_weight)
 
 
 class MAE(Method):

@@ -122,9 +122,9 @@ def without_decay(name: str, parameter: torch.nn.Parameter) -> bool:
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     """The optimiser's parameter groups: one, or (``decay_every_parameter=False``) the decayed weights
     and the rest with weight decay 0."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # not a teacher's (ema.py)
     if config.decay_every_parameter:
-        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
-    named = list(model.named_parameters())
+        return [{"params": [p for _, p in named], "weight_decay": config.weight_decay}]
     return [
         {"params": [p for name, p in named if not without_decay(name, p)], "weight_decay": config.weight_decay},
         {"params": [p for name, p in named if without_decay(name, p)], "weight_decay": 0.0},
@@ -303,6 +303,7 @@ def train_one_epoch(
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
+        method.after_optimizer_step((epoch * plan.steps_per_epoch + step + 1) / plan.total_steps)
         for key, value in outputs.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float()
         if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == plan.steps_per_epoch:

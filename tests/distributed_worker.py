@@ -12,12 +12,13 @@ import torch
 import torch.distributed as dist
 
 from sslkit.distributed import global_loss, initialize, rank, world_size
-from sslkit.losses import dcl_loss, nt_xent_loss, vicreg_loss
+from sslkit.losses import barlow_twins_loss, dcl_loss, nt_xent_loss, vicreg_loss
 
 CASES = {
     "nt_xent": (nt_xent_loss, (0.5,)),
     "dcl": (dcl_loss, (0.3,)),
     "vicreg": (vicreg_loss, (25.0, 25.0, 1.0)),
+    "barlow_twins": (barlow_twins_loss, (5e-3,)),
 }
 GLOBAL_BATCH, DIM = 12, 16
 

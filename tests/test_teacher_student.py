@@ -1,0 +1,244 @@
+"""SimSiam, BYOL and Barlow Twins: each loss against an explicit loop and an independent library,
+the teacher's moving average exact (also under resume), and a few steps that lower each loss."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sslkit.methods
+import sslkit.train
+from sslkit.ema import follow, frozen_copy, momentum_at
+from sslkit.losses import barlow_twins_loss, byol_loss, cross_correlation, negative_cosine, simsiam_loss
+from sslkit.methods import BYOL, BarlowTwins, SimSiam
+from sslkit.models import encoder_config
+from sslkit.train import TrainConfig, build_optimizer, train
+
+
+def pairs(n=12, d=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, d, generator=generator, dtype=torch.float64) for _ in range(4)]
+
+
+# ------------------------------------------------------------------------------------- losses
+
+
+def test_negative_cosine_is_minus_the_mean_cosine_written_as_a_loop():
+    p, z, _, _ = pairs()
+    expected = -sum(
+        sum(p[i, k] * z[i, k] for k in range(p.shape[1])) / (p[i].norm() * z[i].norm()) for i in range(len(p))
+    ) / len(p)
+    assert negative_cosine(p, z).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_stop_gradient_keeps_the_target_out_of_the_gradient():
+    p, z, _, _ = (x.float().requires_grad_() for x in pairs())
+    simsiam_loss(p, p, z, z).backward()
+    assert z.grad is None and p.grad.abs().sum() > 0
+    simsiam_loss(p, p, z, z, stop_gradient=False).backward()
+    assert z.grad.abs().sum() > 0
+
+
+def test_byol_loss_is_the_squared_distance_of_normalised_vectors_both_ways():
+    p1, p2, z1, z2 = pairs()
+    expected = sum(
+        (p[i] / p[i].norm() - z[i] / z[i].norm()).pow(2).sum() for p, z in ((p1, z2), (p2, z1)) for i in range(len(p1))
+    ) / len(p1)
+    assert byol_loss(p1, p2, z1, z2).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert byol_loss(p1, p2, z1, z2).item() == pytest.approx(4 + 4 * simsiam_loss(p1, p2, z1, z2).item(), rel=1e-6)
+    assert byol_loss(z2, z1, z1, z2).item() == pytest.approx(0.0, abs=1e-6)  # predictions equal to the targets
+
+
+def test_simsiam_and_byol_losses_equal_lightlys():
+    from lightly.loss import NegativeCosineSimilarity
+
+    p1, p2, z1, z2 = (x.float() for x in pairs())
+    lightly = NegativeCosineSimilarity()
+    expected = (lightly(p1, z2.detach()) + lightly(p2, z1.detach())) / 2  # lightly's SimSiam and BYOL examples
+    torch.testing.assert_close(simsiam_loss(p1, p2, z1, z2), expected)
+
+
+def test_the_cross_correlation_is_eq_2_of_the_paper_written_as_a_loop():
+    z1, z2, _, _ = pairs(n=10, d=4)
+    a, b = z1 - z1.mean(0), z2 - z2.mean(0)
+    for i in range(4):
+        for j in range(4):
+            expected = (a[:, i] * b[:, j]).sum() / (a[:, i].pow(2).sum().sqrt() * b[:, j].pow(2).sum().sqrt())
+            assert cross_correlation(z1, z2)[i, j].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_barlow_twins_loss_is_eq_1_and_equals_lightlys():
+    from lightly.loss import BarlowTwinsLoss
+
+    z1, z2, _, _ = (x.float() for x in pairs(n=16, d=5))
+    c = cross_correlation(z1, z2)
+    invariance = sum((1 - c[i, i]) ** 2 for i in range(5))
+    redundancy = sum(c[i, j] ** 2 for i in range(5) for j in range(5) if i != j)
+    terms = barlow_twins_loss(z1, z2, 0.05)
+    assert terms["invariance"].item() == pytest.approx(invariance.item(), rel=1e-5)
+    assert terms["redundancy"].item() == pytest.approx(redundancy.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((invariance + 0.05 * redundancy).item(), rel=1e-5)
+    torch.testing.assert_close(terms["loss"], BarlowTwinsLoss(lambda_param=0.05)(z1, z2), rtol=1e-4, atol=1e-5)
+
+
+def test_barlow_twins_scores_collapse_at_d_and_identical_decorrelated_views_near_zero():
+    collapsed = torch.ones(32, 8)
+    assert barlow_twins_loss(collapsed, collapsed)["loss"].item() == pytest.approx(8.0)
+    z = torch.linalg.qr(torch.randn(64, 8, generator=torch.Generator().manual_seed(0)))[0]  # orthogonal columns
+    z = 8 * (z - z.mean(0))  # variance near 1, far above BatchNorm's ε
+    terms = barlow_twins_loss(z, z)
+    assert terms["invariance"].item() < 1e-6 and terms["redundancy"].item() < 0.1
+    with pytest.raises(ValueError, match="non-negative"):
+        barlow_twins_loss(z, z, -1.0)
+
+
+# ------------------------------------------------------------------------------------- the teacher
+
+
+def test_the_momentum_rises_on_a_cosine_from_its_base_to_one():
+    assert momentum_at(0.0, 0.99) == 0.99 and momentum_at(1.0, 0.99) == 1.0
+    assert momentum_at(0.5, 0.99) == pytest.approx(0.995)
+    assert momentum_at(0.25, 0.9) == pytest.approx(1 - 0.1 * (math.cos(math.pi / 4) + 1) / 2)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        momentum_at(0.0, 1.5)
+
+
+def test_the_teacher_moves_a_fraction_one_minus_tau_towards_the_student():
+    student = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    teacher = frozen_copy(student)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    student(torch.randn(8, 4))  # new running statistics
+    before = [p.clone().double() for p in teacher.parameters()]
+    follow(teacher, student, 0.9)
+    for old, new, target in zip(before, teacher.parameters(), student.parameters(), strict=True):
+        torch.testing.assert_close(new.double(), 0.9 * old + 0.1 * target.double(), rtol=1e-6, atol=1e-7)
+    for ours, theirs in zip(teacher.buffers(), student.buffers(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def byol(**settings):
+    torch.manual_seed(0)
+    return BYOL(encoder_config("fashion-mnist"), projector_hidden_dim=32, predictor_hidden_dim=16, **settings)
+
+
+def test_the_optimiser_never_sees_the_teacher():
+    method = byol()
+    optimised = {id(p) for group in build_optimizer(method, TrainConfig()).param_groups for p in group["params"]}
+    teacher = {id(p) for module in (method.teacher_encoder, method.teacher_projector) for p in module.parameters()}
+    assert not optimised & teacher and optimised == {id(p) for p in method.parameters() if p.requires_grad}
+
+
+def test_a_training_step_moves_the_teacher_by_the_scheduled_momentum(train_data, monkeypatch):
+    images, _ = train_data
+    method = byol(base_momentum=0.9)
+    config = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=32, warmup_epochs=0, lr=0.05)
+    recorded = []
+    original = sslkit.methods.follow
+
+    def spy(teacher, student, momentum):
+        recorded.append(
+            (momentum, [p.clone() for p in teacher.parameters()], [p.clone() for p in student.parameters()])
+        )
+        original(teacher, student, momentum)
+
+    monkeypatch.setattr(sslkit.methods, "follow", spy)
+    train(method, images[:64], None, config, "cpu", progress=False)
+    # two steps, each moving the encoder's and the projector's teacher: progress 1/2, then 1 (τ = 1)
+    assert [m for m, _, _ in recorded] == pytest.approx([momentum_at(k / 2, 0.9) for k in (1, 1, 2, 2)])
+    assert recorded[-1][0] == 1.0  # the last step leaves the teacher where the first one put it
+    momentum, teacher_before, student = recorded[1]  # the projector's teacher after step 1, τ = 0.95
+    for old, new, target in zip(teacher_before, method.teacher_projector.parameters(), student, strict=True):
+        torch.testing.assert_close(new, momentum * old + (1 - momentum) * target)
+
+
+def test_constant_momentum_zero_makes_the_teacher_the_student_and_one_freezes_it(train_data):
+    images, _ = train_data
+    config = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=32, warmup_epochs=0, lr=0.05)
+    copied, frozen = byol(base_momentum=0.0, constant_momentum=True), byol(base_momentum=1.0, constant_momentum=True)
+    initial = [p.clone() for p in frozen.teacher_encoder.parameters()]
+    for method in (copied, frozen):
+        train(method, images[:64], None, config, "cpu", progress=False)
+    for ours, theirs in zip(copied.teacher_encoder.parameters(), copied.encoder.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+    for ours, theirs in zip(frozen.teacher_encoder.parameters(), initial, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_a_resumed_byol_run_ends_bitwise_where_an_uninterrupted_one_does(train_data, tmp_path, monkeypatch):
+    images, _ = train_data
+    config = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=32, warmup_epochs=0, lr=0.05)
+    uninterrupted = byol()
+    train(uninterrupted, images[:256], None, config, "cpu", tmp_path / "a.ckpt", progress=False)
+
+    def write_then_die(path, text):
+        original_write(path, text)
+        raise KeyboardInterrupt
+
+    original_write = sslkit.train.write_text_atomically
+    monkeypatch.setattr(sslkit.train, "write_text_atomically", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(byol(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
+    monkeypatch.setattr(sslkit.train, "write_text_atomically", original_write)
+    torch.manual_seed(123)
+    resumed = BYOL(encoder_config("fashion-mnist"), projector_hidden_dim=32, predictor_hidden_dim=16)
+    train(resumed, images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
+    state = resumed.state_dict()
+    assert any(name.startswith("teacher_") for name in state)  # the teacher is in the checkpoint
+    for name, value in uninterrupted.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+# ------------------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: SimSiam(encoder_config("fashion-mnist"), projector_hidden_dim=64, predictor_hidden_dim=32),
+        lambda: byol(),
+        lambda: BarlowTwins(encoder_config("fashion-mnist"), projector_dim=64),
+    ],
+    ids=["simsiam", "byol", "barlow_twins"],
+)
+def test_a_few_steps_decrease_each_loss_on_a_fixed_batch(small_batch, build):
+    torch.manual_seed(0)
+    images, _ = small_batch
+    method = build().train()
+    config = TrainConfig(**method.recipe)
+    optimizer = build_optimizer(method, config)
+
+    def loss_on_fixed_views():
+        return method.training_step(images, None, torch.Generator().manual_seed(0))["loss"]
+
+    before = loss_on_fixed_views().item()
+    for _ in range(5):
+        loss = loss_on_fixed_views()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(0.0)
+    assert loss_on_fixed_views().item() < before
+
+
+def test_the_output_spread_is_reported_and_near_one_over_root_d_at_initialisation(small_batch):
+    torch.manual_seed(0)
+    images, _ = small_batch
+    method = SimSiam(encoder_config("fashion-mnist"), projector_out_dim=64).train()
+    spread = method.training_step(images, None, torch.Generator().manual_seed(0))["output_std"].item()
+    assert 0.5 / math.sqrt(64) < spread < 1.5 / math.sqrt(64)
+    assert F.normalize(torch.ones(4, 64), dim=1).std(dim=0).mean() == 0  # what a collapsed output reports
+
+
+def test_the_ablations_build_and_bad_settings_say_what_is_wrong():
+    config = encoder_config("fashion-mnist")
+    assert isinstance(SimSiam(config, predictor_hidden_dim=0).predictor, torch.nn.Identity)
+    with pytest.raises(ValueError, match="predictor_hidden_dim must be 0"):
+        SimSiam(config, predictor_hidden_dim=-1)
+    with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\]"):
+        BYOL(config, base_momentum=-0.1)
+    rebuilt = BYOL.from_config(byol(base_momentum=0.9).config())
+    assert rebuilt.base_momentum == 0.9 and rebuilt.predictor_hidden_dim == 16
