@@ -117,8 +117,11 @@ def _apply_with_prob(prob: float, n: int, like: torch.Tensor, generator) -> torc
     return torch.rand(n, device=like.device, generator=generator) < prob
 
 
-def random_resized_crop_and_flip(x: torch.Tensor, config: AugmentConfig, generator=None) -> torch.Tensor:
-    """Crop a random box per image and resize it back to the full size, flipping half of them.
+def random_resized_crop_and_flip(
+    x: torch.Tensor, config: AugmentConfig, generator=None, size: int | None = None
+) -> torch.Tensor:
+    """Crop a random box per image and resize it to ``size`` × ``size`` (default: the image's own size),
+    flipping half of them.
 
     The box and the flip are one affine map per sample, sampled with ``affine_grid`` and
     ``grid_sample`` (bilinear), so the whole batch is a single kernel launch. Boxes whose side
@@ -140,7 +143,7 @@ def random_resized_crop_and_flip(x: torch.Tensor, config: AugmentConfig, generat
     theta[:, 0, 2] = center_x
     theta[:, 1, 1] = height
     theta[:, 1, 2] = center_y
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, [n, x.shape[1], size or x.shape[2], size or x.shape[3]], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -309,20 +312,25 @@ def random_erasing(x: torch.Tensor, config: AugmentConfig, generator=None) -> to
     return x.masked_fill(erase[:, None], 0.0)
 
 
-def augment(x: torch.Tensor, config: AugmentConfig = SIMCLR_AUGMENT, generator=None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, config: AugmentConfig = SIMCLR_AUGMENT, generator=None, size: int | None = None
+) -> torch.Tensor:
     """One random view of every image: crop + flip, colour jitter, grayscale, blur, erasing (each only if enabled).
 
     Args:
         x: float ``[N, C, H, W]`` in ``[0, 1]``, on any device.
         config: strengths and probabilities.
         generator: a ``torch.Generator`` on ``x.device`` for reproducible views (None: global RNG).
+        size: the side of the views (default: the images' own), e.g. DINO's small local crops.
 
     Returns:
-        float ``[N, C, H, W]`` in ``[0, 1]``, on ``x.device``.
+        float ``[N, C, size, size]`` in ``[0, 1]``, on ``x.device``.
     """
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"augment expects a float batch [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
-    x = random_resized_crop_and_flip(x, config, generator)
+    if size is not None and size < 1:
+        raise ValueError(f"augment: the views' size must be a positive number of pixels, got {size}")
+    x = random_resized_crop_and_flip(x, config, generator, size)
     if config.jitter_prob > 0:
         x = colour_jitter(x, config, generator)
     if config.grayscale_prob > 0:

@@ -99,3 +99,12 @@ def average_across_processes(values: dict[str, float]) -> dict[str, float]:
     stacked = torch.tensor([values[key] for key in keys], dtype=torch.float64, device=device)
     dist.all_reduce(stacked)
     return {key: value / world_size() for key, value in zip(keys, stacked.tolist(), strict=True)}
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over its rows and those of every other process (DINO's center, Caron et al.
+    2021, Eq. 4): the same on every process, equal to one process holding the whole batch. No gradient."""
+    total = x.detach().sum(dim=0)
+    if world_size() > 1:
+        dist.all_reduce(total)
+    return total / (len(x) * world_size())

@@ -344,3 +344,60 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: flo
         redundancy = c.pow(2).sum() - on_diagonal.pow(2).sum()
         loss = invariance + redundancy_weight * redundancy
         return {"loss": loss, "invariance": invariance, "redundancy": redundancy}
+
+
+def dino_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    center: torch.Tensor,
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.04,
+) -> dict[str, torch.Tensor]:
+    """DINO's self-distillation loss (Caron et al. 2021, Eqs. 1-3).
+
+    The student's output over K prototypes becomes P_s = softmax(g_s / τ_s) (Eq. 1); the teacher's is
+    centred and sharpened, P_t = softmax((g_t − c) / τ_t) with τ_t < τ_s (Sec. 3.1, "Avoiding
+    collapse"), and is a target: no gradient flows into it. For every teacher view i (the global
+    crops) and every student view j ≠ i (global and local crops), the cross-entropy
+    H(P_t(x_i), P_s(x_j)) = −Σ_k P_t log P_s (Eqs. 2-3), averaged over the batch and the pairs.
+
+    Args:
+        student_logits: ``[V, N, K]``, the V views of N images; the first ones are the global crops,
+            in the teacher's order.
+        teacher_logits: ``[G, N, K]``, the teacher's outputs of the G global crops.
+        center: ``[K]``, the running mean of the teacher's outputs (``updated_center``).
+
+    Returns:
+        ``{"loss", "teacher_entropy", "kl"}``: the loss, the mean entropy H(P_t) of the teacher's
+        distributions and the mean KL(P_t ‖ P_s) = loss − H(P_t) over the same pairs, the two
+        diagnostics of the paper's Fig. 7 (collapse to one prototype: entropy 0; to the uniform
+        distribution: entropy log K; either way the KL falls to 0).
+    """
+    if student_logits.ndim != 3 or teacher_logits.ndim != 3 or student_logits.shape[1:] != teacher_logits.shape[1:]:
+        raise ValueError(
+            f"dino_loss expects student logits [V, N, K] and teacher logits [G, N, K], got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    if len(teacher_logits) > len(student_logits):
+        raise ValueError(f"dino_loss: {len(teacher_logits)} teacher views but only {len(student_logits)} student views")
+    _check_temperature(student_temperature, "dino_loss")
+    _check_temperature(teacher_temperature, "dino_loss")
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        log_student = F.log_softmax(student_logits.float() / student_temperature, dim=-1)
+        teacher = F.softmax((teacher_logits.detach().float() - center.float()) / teacher_temperature, dim=-1)
+        cross_entropies = [
+            -(teacher[i] * log_student[j]).sum(dim=-1).mean()
+            for i in range(len(teacher))
+            for j in range(len(log_student))
+            if j != i
+        ]
+        loss = torch.stack(cross_entropies).mean()
+        entropy = -(teacher * torch.log(teacher.clamp_min(1e-30))).sum(dim=-1).mean()
+        return {"loss": loss, "teacher_entropy": entropy, "kl": loss - entropy}
+
+
+@torch.no_grad()
+def updated_center(center: torch.Tensor, batch_mean: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+    """DINO's center after one step: c ← m·c + (1 − m)·(mean of the teacher's outputs over the batch)
+    (Caron et al. 2021, Eq. 4), ``batch_mean`` taken over the global batch (``distributed.global_mean``)."""
+    return momentum * center + (1 - momentum) * batch_mean

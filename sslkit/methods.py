@@ -15,7 +15,7 @@ import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,23 +31,26 @@ from .augment import (
     with_colour,
 )
 from .data import DEFAULT_DATASET, dataset_info
-from .distributed import global_loss
+from .distributed import global_loss, global_mean
 from .ema import follow, frozen_copy, momentum_at
 from .losses import (
     barlow_twins_loss,
     byol_loss,
     dcl_loss,
+    dino_loss,
     elbo_loss,
     mae_loss,
     nt_xent_loss,
     patch_statistics,
     reconstruction_loss,
     simsiam_loss,
+    updated_center,
     vicreg_loss,
 )
 from .models import (
     HAND_CRAFTED_ARCHITECTURES,
     ConvDecoder,
+    DINOHead,
     GaussianHead,
     MAEDecoder,
     ProjectionHead,
@@ -476,6 +479,89 @@ class BarlowTwins(JointEmbedding):
     def training_step(self, images, labels=None, generator=None):
         z1, z2 = self.embed_two_views(images, generator)
         return global_loss(barlow_twins_loss, z1, z2, self.redundancy_weight)
+
+
+class DINO(Method):
+    """DINO (Caron et al. 2021): self-distillation with no labels. A student and a teacher (the
+    student's moving average, ``ema.py``) each map views of an image to a distribution over K
+    prototypes (``models.DINOHead``); the student learns to match, from every view, the teacher's
+    distribution of the other global views (``losses.dino_loss``). Multi-crop views: two global
+    crops of the full size, seen by both networks, and ``local_crops`` small crops of
+    ``local_size`` pixels from ``local_crop_scale`` of the image, seen by the student only (Sec. 3.1).
+    Collapse is kept away by centering the teacher's outputs (``centering``; the center is a running
+    mean, ``losses.updated_center``) and sharpening them (``teacher_temperature`` below the student's).
+    The encoder is the shared ResNet, so that DINO is compared with the others on the same network.
+    """
+
+    name = "dino"
+    # AdamW as in the paper (Sec. 4 / Appendix: lr 5e-4·B/256, weight decay 0.04 to 0.4 for ViTs);
+    # for the ResNet, a constant weight decay.
+    recipe = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_epochs": 5}
+    default_views = replace(SIMCLR_AUGMENT, crop_scale=(0.4, 1.0))  # the global crops (the paper's scale)
+
+    def __init__(
+        self,
+        encoder_config: dict,
+        prototypes: int = 1024,
+        head_hidden_dim: int = 512,
+        bottleneck_dim: int = 64,
+        local_crops: int = 4,
+        local_size: int = 12,
+        local_crop_scale: tuple[float, float] = (0.05, 0.4),
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+        centering: bool = True,
+        center_momentum: float = 0.9,
+        base_momentum: float = 0.99,
+        augment_config: AugmentConfig = default_views,
+    ):
+        super().__init__(encoder_config)
+        if not hasattr(self.encoder, "features"):
+            raise ValueError("DINO's local crops are smaller than the images: it needs the ResNet encoder")
+        if local_crops < 0 or not 8 <= local_size <= encoder_config["image_size"]:
+            raise ValueError(
+                f"DINO needs 0 or more local crops of 8 to {encoder_config['image_size']} pixels, "
+                f"got {local_crops} of {local_size}"
+            )
+        momentum_at(0.0, base_momentum)  # a clear error for a momentum outside [0, 1]
+        self.prototypes, self.head_hidden_dim, self.bottleneck_dim = prototypes, head_hidden_dim, bottleneck_dim
+        self.local_crops, self.local_size, self.local_crop_scale = local_crops, local_size, tuple(local_crop_scale)
+        self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
+        self.centering, self.center_momentum, self.base_momentum = centering, center_momentum, base_momentum
+        self.augment_config = augment_config
+        self.head = DINOHead(self.encoder.feature_dim, head_hidden_dim, bottleneck_dim, prototypes)
+        self.teacher_encoder, self.teacher_head = frozen_copy(self.encoder), frozen_copy(self.head)
+        self.register_buffer("center", torch.zeros(prototypes))
+
+    def local_views(self) -> AugmentConfig:
+        return replace(self.augment_config, crop_scale=self.local_crop_scale)
+
+    def training_step(self, images, labels=None, generator=None):
+        n = len(images)
+        global_views = torch.cat([augment(images, self.augment_config, generator) for _ in range(2)])
+        student = [self.head(self.encoder(global_views))]
+        if self.local_crops:
+            local_views = torch.cat(
+                [augment(images, self.local_views(), generator, self.local_size) for _ in range(self.local_crops)]
+            )
+            student.append(self.head(self.encoder.features(local_views)))  # each resolution in its own pass
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher_encoder(global_views))
+        terms = dino_loss(
+            torch.cat(student).unflatten(0, (-1, n)),
+            teacher.unflatten(0, (2, n)),
+            self.center,
+            self.student_temperature,
+            self.teacher_temperature,
+        )
+        if self.centering:  # after the loss, which uses the center of the steps before
+            self.center.copy_(updated_center(self.center, global_mean(teacher.float()), self.center_momentum))
+        return terms
+
+    def after_optimizer_step(self, progress: float) -> None:
+        momentum = momentum_at(progress, self.base_momentum)
+        follow(self.teacher_encoder, self.encoder, momentum)
+        follow(self.teacher_head, self.head, momentum)
 
 
 class MAE(Method):

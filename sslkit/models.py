@@ -142,6 +142,11 @@ class ResNetEncoder(nn.Module):
                 f"ResNetEncoder expects images [N, {self.in_channels}, {self.image_size}, {self.image_size}] "
                 f"in [0, 1], got {tuple(x.shape)}"
             )
+        return self.features(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass without the size check, for views smaller than the images (DINO's local
+        crops): the global average pooling gives ``[N, D]`` whatever the side (at least 8 pixels)."""
         x = (x - self.pixel_mean) / self.pixel_std
         x = self.stages(self.stem(x))
         return x.mean(dim=(2, 3))
@@ -167,6 +172,27 @@ class ProjectionHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
+
+
+class DINOHead(nn.Module):
+    """DINO's head (Caron et al. 2021, Sec. 3.1 and Appendix): a three-layer MLP with GELUs down to a
+    ``bottleneck_dim`` vector, ℓ2-normalised, then a linear layer to K ``prototypes`` logits whose
+    rows have unit norm (the weight-normalised layer with its norms fixed at 1 of the authors' code):
+    each logit is the cosine between the image's vector and one prototype, in [−1, 1]."""
+
+    def __init__(self, in_dim: int = 128, hidden_dim: int = 512, bottleneck_dim: int = 64, prototypes: int = 1024):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.prototypes = nn.Linear(bottleneck_dim, prototypes, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(h), dim=-1) @ F.normalize(self.prototypes.weight, dim=-1).T
 
 
 class ConvDecoder(nn.Module):

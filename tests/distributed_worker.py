@@ -11,7 +11,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from sslkit.distributed import global_loss, initialize, rank, world_size
+from sslkit.distributed import global_loss, global_mean, initialize, rank, world_size
 from sslkit.losses import barlow_twins_loss, dcl_loss, nt_xent_loss, vicreg_loss
 
 CASES = {
@@ -40,6 +40,7 @@ def main(out: str) -> None:
         terms = value if isinstance(value, dict) else {"loss": value}
         terms["loss"].backward()
         results[name] = {"terms": {k: v.item() for k, v in terms.items()}, "grad1": local1.grad, "grad2": local2.grad}
+    results["global_mean"] = global_mean(global_embeddings(len(CASES))[0][rows])  # DINO's center
     torch.save(results, f"{out}/rank{rank()}.pt")
     dist.barrier()
     dist.destroy_process_group()

@@ -320,3 +320,20 @@ def test_a_view_setting_changes_only_what_it_names():
         vary_views(SIMCLR_AUGMENT, "crop_min_area", 1.5)
     with pytest.raises(ValueError, match="unknown view setting 'blur'"):
         vary_views(SIMCLR_AUGMENT, "blur", 0.5)
+
+
+def test_views_of_another_size_come_from_the_same_boxes():
+    """``size`` changes only the output grid: the same random boxes, sampled at 12×12 instead of 28×28."""
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    full = augment(images, SIMCLR_AUGMENT, torch.Generator().manual_seed(1))
+    same = augment(images, SIMCLR_AUGMENT, torch.Generator().manual_seed(1), size=28)
+    small = augment(images, SIMCLR_AUGMENT, torch.Generator().manual_seed(1), size=12)
+    assert torch.equal(full, same) and small.shape == (8, 1, 12, 12)
+    assert 0 <= small.min() and small.max() <= 1
+    whole = replace(
+        SIMCLR_AUGMENT, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, blur_prob=0.0
+    )
+    expected = torch.nn.functional.interpolate(images, size=14, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(augment(images, whole, size=14), expected)  # the whole image, resized
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        augment(images, SIMCLR_AUGMENT, size=0)

@@ -34,6 +34,9 @@ def test_gathered_losses_and_gradients_equal_one_process_holding_the_whole_batch
             rows = slice(r * half, (r + 1) * half)
             torch.testing.assert_close(ranks[r][name]["grad1"], z1.grad[rows], rtol=1e-5, atol=1e-7)
             torch.testing.assert_close(ranks[r][name]["grad2"], z2.grad[rows], rtol=1e-5, atol=1e-7)
+    # DINO's center moves by the mean of the teacher's outputs over the global batch, on every process
+    for r in range(2):
+        torch.testing.assert_close(ranks[r]["global_mean"], global_embeddings(len(CASES))[0].mean(dim=0))
 
 
 def test_two_process_pretraining_writes_one_checkpoint_one_history_and_publishes_once(tmp_path):

@@ -9,9 +9,18 @@ import torch.nn.functional as F
 
 import sslkit.methods
 import sslkit.train
+from sslkit.augment import augment
 from sslkit.ema import follow, frozen_copy, momentum_at
-from sslkit.losses import barlow_twins_loss, byol_loss, cross_correlation, negative_cosine, simsiam_loss
-from sslkit.methods import BYOL, BarlowTwins, SimSiam
+from sslkit.losses import (
+    barlow_twins_loss,
+    byol_loss,
+    cross_correlation,
+    dino_loss,
+    negative_cosine,
+    simsiam_loss,
+    updated_center,
+)
+from sslkit.methods import BYOL, DINO, BarlowTwins, SimSiam
 from sslkit.models import encoder_config
 from sslkit.train import TrainConfig, build_optimizer, train
 
@@ -168,10 +177,13 @@ def test_constant_momentum_zero_makes_the_teacher_the_student_and_one_freezes_it
         assert torch.equal(ours, theirs)
 
 
-def test_a_resumed_byol_run_ends_bitwise_where_an_uninterrupted_one_does(train_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("build", [byol, lambda: dino()], ids=["byol", "dino"])
+def test_a_resumed_run_ends_bitwise_where_an_uninterrupted_one_does_teacher_and_center_included(
+    train_data, tmp_path, monkeypatch, build
+):
     images, _ = train_data
     config = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=32, warmup_epochs=0, lr=0.05)
-    uninterrupted = byol()
+    uninterrupted = build()
     train(uninterrupted, images[:256], None, config, "cpu", tmp_path / "a.ckpt", progress=False)
 
     def write_then_die(path, text):
@@ -181,10 +193,12 @@ def test_a_resumed_byol_run_ends_bitwise_where_an_uninterrupted_one_does(train_d
     original_write = sslkit.train.write_text_atomically
     monkeypatch.setattr(sslkit.train, "write_text_atomically", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(byol(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
+        train(build(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
     monkeypatch.setattr(sslkit.train, "write_text_atomically", original_write)
-    torch.manual_seed(123)
-    resumed = BYOL(encoder_config("fashion-mnist"), projector_hidden_dim=32, predictor_hidden_dim=16)
+    resumed = build()
+    with torch.no_grad():
+        for parameter in resumed.parameters():
+            parameter.add_(1.0)  # a different starting point: resume must overwrite everything
     train(resumed, images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
     state = resumed.state_dict()
     assert any(name.startswith("teacher_") for name in state)  # the teacher is in the checkpoint
@@ -201,8 +215,9 @@ def test_a_resumed_byol_run_ends_bitwise_where_an_uninterrupted_one_does(train_d
         lambda: SimSiam(encoder_config("fashion-mnist"), projector_hidden_dim=64, predictor_hidden_dim=32),
         lambda: byol(),
         lambda: BarlowTwins(encoder_config("fashion-mnist"), projector_dim=64),
+        lambda: dino(base_momentum=1.0, centering=False),  # fixed targets: the student must come closer
     ],
-    ids=["simsiam", "byol", "barlow_twins"],
+    ids=["simsiam", "byol", "barlow_twins", "dino"],
 )
 def test_a_few_steps_decrease_each_loss_on_a_fixed_batch(small_batch, build):
     torch.manual_seed(0)
@@ -242,3 +257,98 @@ def test_the_ablations_build_and_bad_settings_say_what_is_wrong():
         BYOL(config, base_momentum=-0.1)
     rebuilt = BYOL.from_config(byol(base_momentum=0.9).config())
     assert rebuilt.base_momentum == 0.9 and rebuilt.predictor_hidden_dim == 16
+
+
+# ------------------------------------------------------------------------------------- DINO
+
+
+def dino_logits(views=4, teachers=2, n=6, k=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(views, n, k, generator=generator), torch.randn(teachers, n, k, generator=generator)
+
+
+def test_dino_loss_is_the_cross_entropy_over_pairs_of_different_views_written_as_a_loop():
+    student, teacher = dino_logits()
+    center = torch.randn(5, generator=torch.Generator().manual_seed(1))
+    terms = dino_loss(student, teacher, center, 0.1, 0.04)
+    losses, kls, entropies = [], [], []
+    for i in range(2):
+        for j in range(4):
+            if i == j:
+                continue
+            for b in range(6):
+                p_t = [math.exp((teacher[i, b, k] - center[k]) / 0.04) for k in range(5)]
+                p_t = [p / sum(p_t) for p in p_t]
+                p_s = [math.exp(student[j, b, k] / 0.1) for k in range(5)]
+                p_s = [p / sum(p_s) for p in p_s]
+                losses.append(-sum(t * math.log(s) for t, s in zip(p_t, p_s, strict=True)))
+                kls.append(sum(t * math.log(t / s) for t, s in zip(p_t, p_s, strict=True) if t > 0))
+                entropies.append(-sum(t * math.log(t) for t in p_t if t > 0))
+    assert terms["loss"].item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert terms["kl"].item() == pytest.approx(sum(kls) / len(kls), rel=1e-4, abs=1e-6)
+    assert terms["teacher_entropy"].item() == pytest.approx(sum(entropies) / len(entropies), rel=1e-4)
+
+
+def test_dino_loss_and_center_equal_lightlys():
+    from lightly.loss import DINOLoss
+
+    student, teacher = dino_logits(k=7)
+    lightly = DINOLoss(output_dim=7, teacher_temp=0.04, warmup_teacher_temp=0.04, student_temp=0.1)
+    expected = lightly(list(teacher), list(student))  # its center starts at 0, then moves
+    torch.testing.assert_close(dino_loss(student, teacher, torch.zeros(7))["loss"], expected)
+    center = updated_center(torch.zeros(7), teacher.flatten(0, 1).mean(dim=0), 0.9)
+    torch.testing.assert_close(center, lightly.center.flatten())
+
+
+def test_dino_gradients_reach_the_student_only():
+    student, teacher = (x.requires_grad_() for x in dino_logits())
+    dino_loss(student, teacher, torch.zeros(5))["loss"].backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+def test_dino_refuses_shapes_and_temperatures_that_do_not_fit():
+    student, teacher = dino_logits()
+    with pytest.raises(ValueError, match=r"teacher logits \[G, N, K\]"):
+        dino_loss(student, teacher[:, :3], torch.zeros(5))
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        dino_loss(student, teacher, torch.zeros(5), teacher_temperature=0)
+
+
+def dino(**settings):
+    torch.manual_seed(0)
+    return DINO(encoder_config("fashion-mnist"), prototypes=64, head_hidden_dim=32, bottleneck_dim=16, **settings)
+
+
+def test_a_dino_step_sees_global_and_local_crops_and_moves_the_center(small_batch, monkeypatch):
+    images, _ = small_batch
+    method = dino(local_crops=3, local_size=12).train()
+    seen = []
+    monkeypatch.setattr(method.encoder, "features", lambda x, f=method.encoder.features: seen.append(x.shape) or f(x))
+    with torch.no_grad():
+        teacher = method.teacher_head(method.teacher_encoder(torch.zeros(1, 1, 28, 28)))  # warm nothing up
+    terms = method.training_step(images, None, torch.Generator().manual_seed(0))
+    assert seen == [(128, 1, 28, 28), (192, 1, 12, 12)]  # 2 global crops of 64 images, then 3 local ones
+    assert set(terms) == {"loss", "teacher_entropy", "kl"} and 0 < terms["teacher_entropy"] < math.log(64)
+    assert teacher.shape == (1, 64) and method.center.abs().sum() > 0
+    unchanged = dino(centering=False).train()
+    unchanged.training_step(images, None, torch.Generator().manual_seed(0))
+    assert unchanged.center.abs().sum() == 0
+
+
+def test_the_center_after_one_step_is_a_tenth_of_the_teachers_mean_output(small_batch):
+    images, _ = small_batch
+    method = dino().train()
+    generator = torch.Generator().manual_seed(0)
+    method.training_step(images, None, generator)
+    generator = torch.Generator().manual_seed(0)
+    views = torch.cat([augment(images, method.augment_config, generator) for _ in range(2)])
+    with torch.no_grad():
+        teacher = method.teacher_head(method.teacher_encoder(views))
+    torch.testing.assert_close(method.center, 0.1 * teacher.mean(dim=0))
+
+
+def test_dino_needs_the_resnet_and_sensible_crops():
+    with pytest.raises(ValueError, match="needs the ResNet encoder"):
+        DINO(encoder_config("fashion-mnist", "vit"))
+    with pytest.raises(ValueError, match="local crops of 8 to 28 pixels"):
+        DINO(encoder_config("fashion-mnist"), local_size=4)
