@@ -218,6 +218,8 @@ def train_throughput(
     seconds = history[1]["seconds"] / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else resident.peak_mib
     return {
+        "first_epoch_seconds": history[0]["seconds"],  # with torch.compile, the compilation too
+        "seconds_per_step": seconds,
         "images_per_second": batch_size / seconds,
         "flops_per_second": training_step_flops(name, batch_size, dataset) / seconds,
         "seconds_per_epoch": (len(images) // batch_size) * seconds,
@@ -324,4 +326,36 @@ def bench_training(
     return {
         name: in_fresh_process(train_throughput, name, str(device), batch_size, steps, compile_model, dataset)
         for name in methods
+    }
+
+
+def compile_payoff(
+    name: str, device: torch.device, batch_size: int, steps: int, repeats: int, dataset: str = DEFAULT_DATASET
+) -> dict:
+    """Eager against ``torch.compile`` for a whole pretraining run of ``name``, compilation included.
+
+    ``repeats`` times, alternately eager and compiled, each in a fresh process (a compiled graph is
+    never reused): two epochs of ``steps`` steps, the first paying the compilation, the second timing
+    the step. Returns the mean and spread (max − min) of each mode's seconds per step, the one-off
+    cost of compiling (the first epoch less ``steps`` steady steps, less eager's own warm-up), and
+    both modes' time for a run of 100 epochs of the dataset at this batch size."""
+    runs = {"eager": [], "compiled": []}
+    for _ in range(repeats):
+        for mode in runs:
+            runs[mode].append(
+                in_fresh_process(train_throughput, name, str(device), batch_size, steps, mode == "compiled", dataset)
+            )
+    step = {mode: [run["seconds_per_step"] for run in results] for mode, results in runs.items()}
+    warmup = {
+        mode: sum(run["first_epoch_seconds"] - steps * run["seconds_per_step"] for run in results) / repeats
+        for mode, results in runs.items()
+    }
+    run_steps = 100 * (dataset_info(dataset).sizes["train"] // batch_size)
+    mean = {mode: sum(values) / repeats for mode, values in step.items()}
+    return {
+        "seconds_per_step": mean,
+        "spread": {mode: max(values) - min(values) for mode, values in step.items()},
+        "compile_seconds": warmup["compiled"] - warmup["eager"],
+        "run_steps": run_steps,
+        "run_seconds": {mode: warmup[mode] + run_steps * mean[mode] for mode in runs},
     }

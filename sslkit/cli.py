@@ -16,6 +16,7 @@ from . import distributed, search
 from .bench import (
     bench_augmentation,
     bench_training,
+    compile_payoff,
     in_fresh_process,
     peak_matmul_flops,
     peer_simclr_throughput,
@@ -696,6 +697,14 @@ def add_bench_parser(subparsers) -> None:
         help="time the training step through torch.compile (the first, untimed epoch compiles)",
     )
     parser.add_argument(
+        "--compile-payoff",
+        type=positive_int,
+        default=0,
+        metavar="REPEATS",
+        help="instead of the rest: time eager against torch.compile for each of --methods, REPEATS times "
+        "each, alternately, compilation included, and print which is faster for a 100-epoch run",
+    )
+    parser.add_argument(
         "--record",
         action="store_true",
         help="store each method's training cost under results.cost in the manifest (the README's "
@@ -728,15 +737,42 @@ def print_peer_comparison(device: torch.device, batch_size: int, steps: int, dat
     print(f"  sslkit / peer: {sslkit_rate / peer['images_per_second']:.2f}x")
 
 
+def print_compile_payoff(device: torch.device, args: argparse.Namespace) -> None:
+    print(
+        f"\nEager against torch.compile, batch {args.batch_size}, {args.compile_payoff} alternating runs of each "
+        f"(two epochs of {args.steps} steps, each in a fresh process):"
+    )
+    for name in args.methods:
+        payoff = compile_payoff(name, device, args.batch_size, args.steps, args.compile_payoff, args.dataset)
+        step, spread, run = payoff["seconds_per_step"], payoff["spread"], payoff["run_seconds"]
+        faster, gain = min(run, key=run.get), abs(run["eager"] - run["compiled"]) / max(run.values())
+        print(
+            f"  {name:<12} eager {step['eager']:.4f} s/step (spread {spread['eager']:.4f}), compiled "
+            f"{step['compiled']:.4f} s/step (spread {spread['compiled']:.4f}), "
+            f"compiling {payoff['compile_seconds']:.0f} s"
+        )
+        print(
+            f"  {'':<12} a 100-epoch run ({payoff['run_steps']:,} steps): eager {run['eager'] / 60:.0f} min, "
+            f"compiled {run['compiled'] / 60:.0f} min: {faster} is faster by {gain:.1%}"
+        )
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if args.batch_size < 2 or args.batches < 1 or args.steps < 1:
         raise ValueError("--batch-size must be at least 2, --batches and --steps at least 1")
     device = resolve_device(args.device)
-    images, _ = load_splits(args.dataset)[0]
     print(
         f"{dataset_info(args.dataset).title}; device: {describe_device(device)}; torch {torch.__version__}; "
         f"{torch.get_num_threads()} CPU threads"
     )
+    if args.compile_payoff:
+        if args.record or args.compile:
+            raise ValueError(
+                "--compile-payoff times both modes itself and records nothing: leave out --compile and --record"
+            )
+        print_compile_payoff(device, args)
+        return 0
+    images, _ = load_splits(args.dataset)[0]
     print(f"\nSimCLR augmentation, batch {args.batch_size}, {args.batches} batches per pipeline:")
     augmentation = bench_augmentation(images, device, args.batch_size, args.batches)
     baseline = augmentation[next(k for k in augmentation if k.startswith("torchvision"))]
