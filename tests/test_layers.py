@@ -16,12 +16,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sslkit"
 # Lowest first. A module may import modules of its own layer or lower, never higher.
 LAYERS = (
     ("L0 blocks", ("files", "data", "augment", "losses", "distributed", "devices", "version")),
-    ("L1 models", ("models",)),
+    ("L1 models", ("models", "ema")),
     ("L2 methods", ("methods",)),
     ("L3 training", ("train",)),
     ("L4 evaluation", ("protocol", "geometry", "transfer", "finetune")),
     ("L5 weights", ("weights",)),
-    ("L6 pipeline", ("pipeline",)),
+    ("L6 pipeline", ("pipeline", "search")),
     ("L7 front ends", ("cli", "bench", "notebook", "plots", "results", "__main__", "__init__")),
 )
 
