@@ -290,7 +290,8 @@ def simsiam_loss(
     p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, stop_gradient: bool = True
 ) -> torch.Tensor:
     """SimSiam's symmetrised loss L = ½ D(p₁, stopgrad(z₂)) + ½ D(p₂, stopgrad(z₁)) (Chen and He 2021,
-    Eqs. 2-3): each view's prediction ``p`` is compared with the other view's projection ``z``.
+    Eq. 4; Eq. 2 without the stop-gradient): each view's prediction ``p`` is compared with the other
+    view's projection ``z``.
     Its minimum is −1, every prediction parallel to its target."""
     return (negative_cosine(p1, z2, stop_gradient) + negative_cosine(p2, z1, stop_gradient)) / 2
 
