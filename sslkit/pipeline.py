@@ -569,7 +569,7 @@ class Sweep:
                     f"({runs[-1]['seconds']:.0f} s)"
                 )
                 self.record(runs + [r for r in done.values() if r not in runs], device)  # keeps runs still to come
-        self.record(runs, device)
+        self.record(runs + [r for r in done.values() if r not in runs], device)  # and those of other values
         return runs
 
 

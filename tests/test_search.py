@@ -133,3 +133,22 @@ def test_the_command_trains_and_records_a_real_run(root, capsys):
     assert run["settings"] == {} and run["seed"] == 0 and 0.1 < run["validation_accuracy"] <= 1
     assert run["command"].startswith("python -m sslkit search rotation") and run["device"].startswith("cpu")
     assert search["protocol"]["smoke"] == {"limit": 600, "steps_per_epoch": 1}
+
+
+def test_a_sweep_invoked_again_with_other_values_keeps_the_runs_it_has(root, monkeypatch):
+    import sslkit.pipeline
+    from sslkit.pipeline import Sweep
+
+    trained = []
+
+    def short_run(name, settings, config, *args, **kwargs):
+        trained.append(settings["beta"])
+        return {"loss": 1.0, "validation_accuracy": 0.8 + settings["beta"] / 100, "seconds": 0.0}
+
+    monkeypatch.setattr(sslkit.pipeline, "short_run", short_run)
+    monkeypatch.setattr(sslkit.pipeline, "load_splits", lambda *_: ((None, None), None))
+    Sweep("vae", "beta", [0.5, 2.0], root=root).run(torch.device("cpu"), report=lambda *_: None)
+    Sweep("vae", "beta", [4.0, 2.0], root=root).run(torch.device("cpu"), report=lambda *_: None)
+    runs = json.loads((root / "manifest.json").read_text())["methods"]["vae"]["results"]["sweeps"]["beta"]["runs"]
+    assert trained == [0.5, 2.0, 4.0]  # 2.0 was recorded already
+    assert sorted(run["value"] for run in runs) == [0.5, 2.0, 4.0]
