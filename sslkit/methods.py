@@ -419,7 +419,7 @@ class BYOL(SimSiam):
         projector_hidden_dim: int = 512,
         projector_out_dim: int = 128,
         predictor_hidden_dim: int = 512,
-        base_momentum: float = 0.99,
+        base_momentum: float = 0.99,  # the papers start at 0.996 for runs of 10^5 steps or more; ours have 23,400
         constant_momentum: bool = False,
         augment_config: AugmentConfig = JointEmbedding.default_views,
     ):
@@ -512,7 +512,7 @@ class DINO(Method):
         teacher_temperature: float = 0.04,
         centering: bool = True,
         center_momentum: float = 0.9,
-        base_momentum: float = 0.99,
+        base_momentum: float = 0.99,  # the papers start at 0.996 for runs of 10^5 steps or more; ours have 23,400
         augment_config: AugmentConfig = default_views,
     ):
         super().__init__(encoder_config)

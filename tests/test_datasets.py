@@ -319,9 +319,10 @@ def pretrain(name, dataset, *extra):
     )
 
 
-# Every trainable method on both datasets, and on CIFAR-10 the four baselines too (their pixels, HOG
-# descriptors and random networks take the dataset's shape).
-PUBLISHED = {"mnist": list(TRAINABLE), "cifar10": [*TRAINABLE, "random", "random_vit", "pixels", "hog"]}
+# One method per kind of encoder on both datasets (the ResNet and MAE's ViT), and on CIFAR-10 the four
+# baselines too (their pixels, HOG descriptors and random networks take the dataset's shape). Publishing
+# does not depend on the method otherwise; every method's training step on every dataset is tested above.
+PUBLISHED = {"mnist": ["simclr", "mae"], "cifar10": ["simclr", "mae", "random", "random_vit", "pixels", "hog"]}
 
 
 @pytest.fixture(scope="module")
