@@ -451,6 +451,20 @@ def number_or_name(text: str) -> int | float | str:
         return text
 
 
+def add_short_run_arguments(parser) -> None:
+    """The options of ``sweep`` and ``search``: where to run and record, and the smoke-run limits."""
+    add_device_argument(parser)
+    add_weights_argument(parser, WEIGHTS_HELP)
+    add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
+    add_dataset_argument(parser)
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=positive_int,
+        default=None,
+        help="stop each epoch after N steps (smoke runs and tests)",
+    )
+
+
 def add_sweep_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
@@ -506,16 +520,7 @@ def add_sweep_parser(subparsers) -> None:
         "training images) and, for joint-embedding methods, the embeddings' mean standard deviation and "
         "effective rank, in each run's history",
     )
-    add_device_argument(parser)
-    add_weights_argument(parser, WEIGHTS_HELP)
-    add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
-    add_dataset_argument(parser)
-    parser.add_argument(
-        "--steps-per-epoch",
-        type=positive_int,
-        default=None,
-        help="stop each epoch after N steps (smoke runs and tests)",
-    )
+    add_short_run_arguments(parser)
     parser.set_defaults(handler=run_sweep)
 
 
@@ -560,16 +565,7 @@ def add_search_parser(subparsers) -> None:
     parser.add_argument(
         "--max-runs", type=positive_int, default=None, metavar="N", help="stop after N runs (default: to the end)"
     )
-    add_device_argument(parser)
-    add_weights_argument(parser, WEIGHTS_HELP)
-    add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
-    add_dataset_argument(parser)
-    parser.add_argument(
-        "--steps-per-epoch",
-        type=positive_int,
-        default=None,
-        help="stop each epoch after N steps (smoke runs and tests)",
-    )
+    add_short_run_arguments(parser)
     parser.set_defaults(handler=run_search)
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import sslkit.train
 from sslkit.data import load_fashion_mnist
 
 torch.set_num_threads(2)
@@ -32,3 +33,22 @@ def feature_cache(tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp("feature-cache")
     monkeypatch.setenv("SSLKIT_CACHE", str(folder))
     return folder / "features"
+
+
+@pytest.fixture
+def train_until_the_first_checkpoint(monkeypatch):
+    """``train(...)`` as a run that dies right after its first checkpoint is written (a killed process)."""
+
+    def interrupted(*args, **kwargs):
+        original_write = sslkit.train.write_text_atomically
+
+        def write_then_die(path, text):
+            original_write(path, text)
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(sslkit.train, "write_text_atomically", write_then_die)
+            with pytest.raises(KeyboardInterrupt):
+                sslkit.train.train(*args, **kwargs)
+
+    return interrupted

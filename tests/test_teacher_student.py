@@ -179,22 +179,13 @@ def test_constant_momentum_zero_makes_the_teacher_the_student_and_one_freezes_it
 
 @pytest.mark.parametrize("build", [byol, lambda: dino()], ids=["byol", "dino"])
 def test_a_resumed_run_ends_bitwise_where_an_uninterrupted_one_does_teacher_and_center_included(
-    train_data, tmp_path, monkeypatch, build
+    train_data, tmp_path, train_until_the_first_checkpoint, build
 ):
     images, _ = train_data
     config = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=32, warmup_epochs=0, lr=0.05)
     uninterrupted = build()
     train(uninterrupted, images[:256], None, config, "cpu", tmp_path / "a.ckpt", progress=False)
-
-    def write_then_die(path, text):
-        original_write(path, text)
-        raise KeyboardInterrupt
-
-    original_write = sslkit.train.write_text_atomically
-    monkeypatch.setattr(sslkit.train, "write_text_atomically", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(build(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
-    monkeypatch.setattr(sslkit.train, "write_text_atomically", original_write)
+    train_until_the_first_checkpoint(build(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
     resumed = build()
     with torch.no_grad():
         for parameter in resumed.parameters():

@@ -65,22 +65,15 @@ def test_training_is_deterministic_under_a_seed(train_data):
 
 
 @pytest.mark.parametrize("amp_dtype", [None, "float16"])  # float16: with the gradient scaler, as on a Colab T4
-def test_resume_ends_bitwise_where_an_uninterrupted_run_ends(train_data, tmp_path, monkeypatch, amp_dtype):
+def test_resume_ends_bitwise_where_an_uninterrupted_run_ends(
+    train_data, tmp_path, train_until_the_first_checkpoint, amp_dtype
+):
     images, _ = train_data
     config = TrainConfig(epochs=2, steps_per_epoch=2, amp_dtype=amp_dtype, **SMOKE)
     uninterrupted = fresh()
     train(uninterrupted, images[:256], None, config, "cpu", tmp_path / "a.ckpt", progress=False)
-
     # Interrupted after epoch 1: the process dies right after the first checkpoint is written.
-    def write_then_die(path, text):
-        original_write(path, text)
-        raise KeyboardInterrupt
-
-    original_write = sslkit.train.write_text_atomically
-    monkeypatch.setattr(sslkit.train, "write_text_atomically", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(fresh(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
-    monkeypatch.setattr(sslkit.train, "write_text_atomically", original_write)
+    train_until_the_first_checkpoint(fresh(), images[:256], None, config, "cpu", tmp_path / "b.ckpt", progress=False)
     assert torch.load(tmp_path / "b.ckpt", weights_only=True)["epoch"] == 1
 
     resumed = fresh(seed=123)  # a different initialisation: resume must overwrite everything
