@@ -90,10 +90,15 @@ def same(a, b) -> bool:
     return a == b
 
 
+def as_stored(value):
+    """A value as the manifest's JSON stores it: tuples become lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def changed(method: str, settings: dict, dataset: str = DEFAULT_DATASET) -> dict:
     """``settings`` without those at their shipped value: the name of a run, whatever order it was reached in."""
     return {
-        key: list(value) if isinstance(value, tuple) else value
+        key: as_stored(value)
         for key, value in sorted(settings.items())
         if not same(value, shipped_value(method, key, dataset))
     }
@@ -162,8 +167,9 @@ class RecipeSearch:
 
     def score(self, settings: dict, seed: int) -> float | None:
         """The validation accuracy of the recorded run with these changed settings and seed, if any."""
+        name = changed(self.method, settings, self.dataset)  # once, not for every recorded run
         for run in self.record().get("runs", []):
-            if run["seed"] == seed and run["settings"] == changed(self.method, settings, self.dataset):
+            if run["seed"] == seed and run["settings"] == name:
                 return run["validation_accuracy"]
         return None
 
@@ -215,13 +221,13 @@ class RecipeSearch:
         new = values[best] if replaces else current
         return {
             "setting": setting,
-            "values": [list(v) if isinstance(v, tuple) else v for v in values],
+            "values": [as_stored(value) for value in values],
             "validation_accuracy": scores,
-            "current": list(current) if isinstance(current, tuple) else current,
-            "best": list(values[best]) if isinstance(values[best], tuple) else values[best],
+            "current": as_stored(current),
+            "best": as_stored(values[best]),
             "lead": round(lead, 6),
             "threshold": round(threshold, 6),
-            "kept": list(new) if isinstance(new, tuple) else new,
+            "kept": as_stored(new),
         }
 
     def train_one(self, settings: dict, seed: int, images, labels, device: torch.device) -> dict:
