@@ -3,10 +3,7 @@ with its checks against the manifest, and the label-efficiency table."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +13,12 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .cache import frozen_features, remembered
 from .data import DEFAULT_DATASET, dataset_info
 from .devices import describe_device, resolve_device
-from .files import save_torch_atomically
 from .finetune import FINE_TUNE_FRACTIONS, FINE_TUNE_SEEDS, FineTuneConfig, low_label_linear_probe
-from .models import PixelFeatures
 from .plots import plot_confusion_matrix, plot_per_class_accuracy
-from .protocol import FrozenEvaluation, confusion_matrix, evaluate_frozen_features, extract_features, per_class_accuracy
+from .protocol import FrozenEvaluation, confusion_matrix, evaluate_frozen_features, per_class_accuracy
 from .version import __version__
 from .weights import load_probe, manifest_entry
 
@@ -214,51 +210,6 @@ class FrozenEvaluationReport(FrozenEvaluation):
         return matrix, self._largest_confusions(matrix, top)
 
 
-def feature_cache_dir() -> Path | None:
-    """Where ``frozen_features`` keeps features: ``$SSLKIT_CACHE``, else ``$XDG_CACHE_HOME/sslkit`` (by
-    default ``~/.cache/sslkit``); None when ``$SSLKIT_CACHE`` is ``off``."""
-    chosen = os.environ.get("SSLKIT_CACHE")
-    if chosen == "off":
-        return None
-    root = Path(chosen) if chosen else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sslkit"
-    return root / "features"
-
-
-def _feature_key(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device) -> str:
-    """sha256 of everything the features depend on: the encoder's class, config and weights, the images,
-    the device type and the PyTorch version."""
-    config = json.dumps(encoder.config(), sort_keys=True) if hasattr(encoder, "config") else ""
-    digest = hashlib.sha256(f"{type(encoder).__qualname__} {config} {device.type} {torch.__version__}".encode())
-    for name, tensor in [*encoder.state_dict().items(), ("images", images)]:
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def frozen_features(encoder: torch.nn.Module, images: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-    """``protocol.extract_features``, kept on disk (``feature_cache_dir``): a notebook run again, or the
-    next notebook on the same encoder and images, reads them instead of computing them again.
-
-    The file is named by a sha256 of the encoder's class and weights, the images, the device type and
-    the PyTorch version, so any change to them computes afresh. Raw pixels are not kept: they cost
-    nothing to compute (HOG's descriptors are: about a minute for 70,000 images). A cache file that
-    cannot be read is replaced.
-    """
-    device = torch.device(device)
-    folder = feature_cache_dir()
-    if folder is None or isinstance(encoder, PixelFeatures):
-        return extract_features(encoder, images, device=device)
-    path = folder / f"{_feature_key(encoder, images, device)}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-            pass  # a truncated or foreign file: computed again and overwritten below
-    features = extract_features(encoder, images, device=device)
-    save_torch_atomically(features, path)
-    return features
-
-
 def evaluate_frozen(
     name: str,
     encoder: torch.nn.Module,
@@ -415,7 +366,8 @@ def print_frozen_against_fine_tuned(
     for fraction in fine_tune[name]["fractions"]:
         frozen[fraction] = torch.tensor(
             [
-                low_label_linear_probe(
+                remembered(  # kept on disk (sslkit.cache): nine probe selections, a minute the first time
+                    low_label_linear_probe,
                     evaluation.train_features,
                     train_labels,
                     evaluation.test_features,

@@ -165,6 +165,15 @@ def best_probe_on_validation(features, labels, fit_indices, val_indices, weight_
     return probes[best], val_accuracy
 
 
+def validation_accuracies(
+    features: torch.Tensor, labels: torch.Tensor, weight_decays: tuple[float, ...] = PROBE_WEIGHT_DECAYS
+) -> dict[float, float]:
+    """The validation accuracy of a probe per L2 strength on the series' split of ``labels``
+    (``probe_validation_split``): the scores by which ``select_and_fit_linear_probe`` chooses."""
+    fit_indices, val_indices = probe_validation_split(labels)
+    return best_probe_on_validation(features, labels, fit_indices, val_indices, weight_decays)[1]
+
+
 def knn_predict(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,

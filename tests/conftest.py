@@ -28,8 +28,8 @@ def small_batch(train_data):
 
 @pytest.fixture(autouse=True)
 def feature_cache(tmp_path_factory, monkeypatch):
-    """The notebooks' feature cache (``sslkit.notebook.frozen_features``) in a new folder for each test,
-    never the user's ~/.cache."""
+    """The notebooks' disk cache (``sslkit.cache``: features and remembered results) in a new folder
+    for each test, never the user's ~/.cache."""
     folder = tmp_path_factory.mktemp("feature-cache")
     monkeypatch.setenv("SSLKIT_CACHE", str(folder))
     return folder / "features"

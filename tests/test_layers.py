@@ -22,7 +22,7 @@ LAYERS = (
     ("L4 evaluation", ("protocol", "geometry", "transfer", "finetune")),
     ("L5 weights", ("weights",)),
     ("L6 pipeline", ("pipeline", "search")),
-    ("L7 front ends", ("cli", "bench", "notebook", "plots", "results", "__main__", "__init__")),
+    ("L7 front ends", ("cli", "bench", "cache", "notebook", "plots", "results", "__main__", "__init__")),
 )
 
 

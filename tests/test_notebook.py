@@ -6,7 +6,6 @@ import torch
 
 from sslkit.data import FASHION_MNIST
 from sslkit.finetune import low_label_linear_probe
-from sslkit.methods import build_untrained_encoder
 from sslkit.notebook import (
     FEW_LABELS,
     RUN,
@@ -15,9 +14,7 @@ from sslkit.notebook import (
     StaleClaimError,
     accuracy_noise,
     claim,
-    feature_cache_dir,
     fine_tune_config,
-    frozen_features,
     print_frozen_against_fine_tuned,
     print_gain_over_scratch,
     print_label_efficiency,
@@ -26,7 +23,7 @@ from sslkit.notebook import (
     smoke_slice,
     training_budget,
 )
-from sslkit.protocol import FrozenEvaluation, extract_features
+from sslkit.protocol import FrozenEvaluation
 from sslkit.weights import save_manifest
 
 
@@ -217,48 +214,6 @@ def test_label_efficiency_shows_the_few_label_fractions_unless_asked_for_others(
     assert list(print_label_efficiency(["vae"], ("1",))["vae"]["fractions"]) == ["1"]
     with pytest.raises(ValueError, match=r"random: no fine-tuning result .* finetune random --fractions 1`"):
         print_label_efficiency(["vae", "random"], ("0.1", "1"))
-
-
-def test_frozen_features_are_computed_once_per_encoder_and_images(feature_cache, train_data):
-    images = train_data[0][:300]
-    encoder = build_untrained_encoder("random", seed=0).eval()
-    calls = []
-    encoder.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
-    first = frozen_features(encoder, images)
-    assert calls == [300] and len(list(feature_cache.glob("*.pt"))) == 1
-    again = frozen_features(encoder, images)
-    assert calls == [300] and torch.equal(again, first)  # read back, not computed
-    assert torch.equal(first, extract_features(encoder, images))  # what the protocol computes
-    frozen_features(encoder, images[:200])  # other images: computed
-    with torch.no_grad():
-        next(encoder.parameters()).add_(0.01)  # other weights (a fine-tuned encoder): computed
-    changed = frozen_features(encoder, images)
-    # computed: the first call, extract_features itself, the other images, the other weights
-    assert calls == [300, 300, 200, 300] and not torch.equal(changed, first)
-    assert len(list(feature_cache.glob("*.pt"))) == 3
-
-
-def test_a_damaged_cache_file_is_computed_again_and_pixels_are_never_kept(feature_cache, train_data):
-    images = train_data[0][:100]
-    encoder = build_untrained_encoder("random", seed=1).eval()
-    expected = frozen_features(encoder, images)
-    (path,) = feature_cache.glob("*.pt")
-    path.write_bytes(path.read_bytes()[:50])  # truncated
-    assert torch.equal(frozen_features(encoder, images), expected)
-    assert torch.equal(torch.load(path, weights_only=True), expected)  # replaced by a whole file
-    frozen_features(build_untrained_encoder("pixels"), images)
-    assert len(list(feature_cache.glob("*.pt"))) == 1
-
-
-def test_the_feature_cache_can_be_turned_off(monkeypatch, tmp_path, train_data):
-    monkeypatch.setenv("SSLKIT_CACHE", "off")
-    assert feature_cache_dir() is None
-    frozen_features(build_untrained_encoder("random", seed=0).eval(), train_data[0][:50])
-    monkeypatch.setenv("SSLKIT_CACHE", str(tmp_path))
-    assert feature_cache_dir() == tmp_path / "features" and not tmp_path.joinpath("features").exists()
-    monkeypatch.delenv("SSLKIT_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert feature_cache_dir() == tmp_path / "xdg" / "sslkit" / "features"
 
 
 def test_seed_noise_pools_the_variance_over_seeds_of_each_value(monkeypatch):
