@@ -320,7 +320,9 @@ def add_transfer_parser(subparsers) -> None:
         default=TRANSFER_REPEATS,
         help=f"shufflings of the 5-fold split (default {TRANSFER_REPEATS}; 1 for smoke runs)",
     )
-    add_limit_argument(parser, "use only the first N images of the transfer task (to check a `pretrain --limit N` run)")
+    add_limit_argument(
+        parser, "use only the first N images of the transfer task, in 2 folds (to check a `pretrain --limit N` run)"
+    )
     parser.add_argument(
         "--imagenet-reference",
         action="store_true",
@@ -608,7 +610,7 @@ def add_results_parser(subparsers) -> None:
     add_weights_argument(parser, WEIGHTS_HELP)
     add_limit_argument(
         parser,
-        "use only the first N training, test and transfer images, and one shuffling of the "
+        "use only the first N training, test and transfer images, and one shuffling of two "
         "transfer folds (smoke runs and tests; needs weights published with the same limit)",
     )
     parser.set_defaults(handler=run_results)

@@ -23,6 +23,7 @@ class ReferenceWeightsError(ValueError):
 TRANSFER_FOLDS = 5
 TRANSFER_REPEATS = 3
 TRANSFER_SEED = 0
+SMOKE_FOLDS = 2  # runs limited to their first images (smoke runs, tests): each half held out once
 
 
 def transfer_probe(
@@ -77,12 +78,13 @@ def transfer_digits(
     device: str | torch.device = "cpu",
     repeats: int = TRANSFER_REPEATS,
     limit: int | None = None,
+    folds: int = TRANSFER_FOLDS,
 ) -> dict:
     """``transfer_probe`` on the encoder's frozen features of ``data.load_digits_28`` (its first ``limit``
     images in smoke runs), the dataset named."""
     images, labels = load_digits_28()
     features = extract_features(encoder, images[:limit], device=device)
-    measured = transfer_probe(features, labels[:limit], repeats=repeats)
+    measured = transfer_probe(features, labels[:limit], folds=folds, repeats=repeats)
     return {"dataset": "scikit-learn digits, 8x8 upsampled to 28x28", **measured}
 
 
@@ -91,12 +93,13 @@ def transfer_cifar100(
     device: str | torch.device = "cpu",
     repeats: int = TRANSFER_REPEATS,
     limit: int | None = None,
+    folds: int = TRANSFER_FOLDS,
 ) -> dict:
     """``transfer_probe`` on the frozen features of ``data.load_cifar100_transfer``: 10 CIFAR-100 classes
     (6,000 images, both splits; the first ``limit`` in smoke runs), none of them a CIFAR-10 class."""
     images, labels, names = load_cifar100_transfer()
     features = extract_features(encoder, images[:limit], device=device)
-    measured = transfer_probe(features, labels[:limit], repeats=repeats)
+    measured = transfer_probe(features, labels[:limit], folds=folds, repeats=repeats)
     return {"dataset": f"CIFAR-100, {len(names)} classes ({', '.join(names)})", **measured}
 
 
@@ -108,11 +111,13 @@ def transfer(
     limit: int | None = None,
 ) -> dict:
     """The transfer task of an encoder pretrained on ``dataset``: the digits for the grey datasets
-    (Fashion-MNIST, MNIST), 10 classes of CIFAR-100 for CIFAR-10. ``limit``: only its first images
-    (smoke runs; the result records how many it used)."""
+    (Fashion-MNIST, MNIST), 10 classes of CIFAR-100 for CIFAR-10. ``limit``: only its first images,
+    cut into ``SMOKE_FOLDS`` folds instead of ``TRANSFER_FOLDS`` (smoke runs and tests, where each
+    probe fit costs as much as on all images; the result records the images and folds it used)."""
+    folds = SMOKE_FOLDS if limit else TRANSFER_FOLDS
     if dataset_info(dataset).channels == 1:
-        return transfer_digits(encoder, device, repeats, limit)
-    return transfer_cifar100(encoder, device, repeats, limit)
+        return transfer_digits(encoder, device, repeats, limit, folds)
+    return transfer_cifar100(encoder, device, repeats, limit, folds)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -120,10 +120,10 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert remeasured["alignment"] == pytest.approx(recorded["alignment"], abs=1e-4)
     assert remeasured["uniformity"] == pytest.approx(recorded["uniformity"], abs=1e-4)
 
-    # transfer re-measures what pretrain recorded (one shuffling of the 5 folds in a smoke run)
+    # transfer re-measures what pretrain recorded (one shuffling of two folds in a smoke run)
     transfer = entry["results"]["transfer"]
-    assert transfer["folds"] == 5 and transfer["repeats"] == 1 and transfer["images"] == 600  # the first 600 digits
-    assert 0.1 < transfer["mean"] <= 1 and len(transfer["accuracies"]) == 5
+    assert transfer["folds"] == 2 and transfer["repeats"] == 1 and transfer["images"] == 600  # the first 600 digits
+    assert 0.1 < transfer["mean"] <= 1 and len(transfer["accuracies"]) == 2
     transferred = sslkit(
         "transfer", "simclr", "--weights", str(out), "--repeats", "1", "--limit", "600", "--device", "cpu"
     )
