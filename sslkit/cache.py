@@ -24,7 +24,7 @@ import numpy as np
 import sklearn
 import torch
 
-from .files import save_torch_atomically
+from .files import save_torch_atomically, write_atomically
 from .models import PixelFeatures
 from .protocol import extract_features
 
@@ -152,12 +152,12 @@ def remembered(compute: Callable, *inputs, **settings):
         stored = {"array": torch.from_numpy(result)} if isinstance(result, np.ndarray) else {"value": result}
         buffer = io.BytesIO()
         torch.save(stored, buffer)
-        try:
+        try:  # what could not be read back is never written
             torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
         except pickle.UnpicklingError as error:
             raise TypeError(
                 f"remembered: {compute.__qualname__} returned a {type(result).__name__} that cannot be kept: "
                 "return an array, tensors, numbers, strings, or tuples, lists and dicts of them"
             ) from error
-        save_torch_atomically(stored, path)
+        write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))  # the bytes checked above
     return stored["array"].numpy() if "array" in stored else stored["value"]

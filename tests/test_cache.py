@@ -72,7 +72,7 @@ def test_a_remembered_result_is_computed_once_per_arguments_and_read_back_equal(
     remembered(counting, features[:300], labels[:300], (1e-2, 1e-4))  # other inputs: computed
     remembered(counting, features, labels, (1e-2,))  # another setting: computed
     assert calls == [400, 300, 400]
-    assert len(list(feature_cache.parent.joinpath("results").glob("*.pt"))) == 3
+    assert len(list(cache_dir("results").glob("*.pt"))) == 3
     monkeypatch.setattr(sslkit.cache, "source_digest", lambda: "another version of sslkit")
     remembered(counting, features, labels, (1e-2, 1e-4))  # changed code: computed
     assert calls == [400, 300, 400, 400]
@@ -82,7 +82,7 @@ def test_arrays_come_back_as_arrays_and_a_damaged_file_is_computed_again(feature
     features = torch.randn(60, 5, generator=torch.Generator().manual_seed(1))
     points = remembered(embed_2d, features, method="pca")
     assert isinstance(points, np.ndarray) and np.array_equal(points, embed_2d(features, method="pca"))
-    (path,) = feature_cache.parent.joinpath("results").glob("*.pt")
+    (path,) = cache_dir("results").glob("*.pt")
     path.write_bytes(path.read_bytes()[:40])  # truncated
     assert np.array_equal(remembered(embed_2d, features, method="pca"), points)
     assert torch.equal(torch.load(path, weights_only=True)["array"], torch.from_numpy(points))  # replaced
