@@ -453,6 +453,17 @@ def number_or_name(text: str) -> int | float | str:
         return text
 
 
+def fixed_setting(text: str) -> tuple[str, int | float]:
+    """``"constant_momentum=1"`` → ``("constant_momentum", 1)``."""
+    name, equals, value = text.partition("=")
+    if not (name and equals and value):
+        raise argparse.ArgumentTypeError(f"--set takes NAME=VALUE, e.g. constant_momentum=1; got {text!r}")
+    try:
+        return name, int_or_float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--set {name} takes a number (booleans as 0 or 1), got {value!r}") from None
+
+
 def add_short_run_arguments(parser) -> None:
     """The options of ``sweep`` and ``search``: where to run and record, and the smoke-run limits."""
     add_device_argument(parser)
@@ -491,6 +502,15 @@ def add_sweep_parser(subparsers) -> None:
     )
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
     parser.add_argument(
+        "--set",
+        type=fixed_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="hold another setting at VALUE in every run (repeatable), e.g. --set constant_momentum=1; "
+        'the sweep is then stored under results.sweeps["PARAM, NAME=VALUE"]',
+    )
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="seeds: one run per value and seed (default: 0)"
     )
     parser.add_argument(
@@ -527,10 +547,14 @@ def add_sweep_parser(subparsers) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
+    repeated = sorted({name for name, _ in args.set if [n for n, _ in args.set].count(name) > 1})
+    if repeated:
+        raise ValueError(f"--set names {', '.join(repeated)} more than once; give each setting one value")
     sweep = Sweep(
         method=args.method,
         param=args.param,
         values=args.values,
+        fixed=dict(args.set),
         seeds=tuple(args.seeds),
         epochs=args.epochs,
         warmup_epochs=args.warmup_epochs,

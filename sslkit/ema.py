@@ -3,7 +3,7 @@
 The teacher (BYOL's "target network") is a copy of the student's modules that no optimiser
 touches: after every optimiser step its parameters move a fraction 1 − τ of the way to the
 student's, ξ ← τ·ξ + (1 − τ)·θ (Grill et al. 2020, Sec. 3.1, Eq. 1), with τ rising from ``base`` to 1
-on a cosine over the run (their Appendix A, "Optimization"): τ = 1 − (1 − τ_base)·(cos(π·k/K) + 1)/2
+on a cosine over the run (their Sec. 3.3, "Optimization"): τ = 1 − (1 − τ_base)·(cos(π·k/K) + 1)/2
 at step k of K.
 The teacher's parameters and buffers are part of the method's state dict, so a checkpoint holds
 them, and τ is a function of the step, so a resumed run continues exactly where it stopped.

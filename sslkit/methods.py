@@ -352,6 +352,10 @@ class SimSiam(JointEmbedding):
     ``stop_gradient=False`` is the other collapsing ablation. Each step also reports ``output_std``,
     the mean over dimensions of the standard deviation of the ℓ2-normalised projections: about
     1/√D while the outputs spread over the sphere, 0 when they collapse (their Fig. 2, middle).
+    Sized to the series rather than to ImageNet: the predictor widens (128 → 512 → 128) where the
+    paper's narrows (2048 → 512 → 2048, Sec. 3, Appendix B), the projector has two layers, as in the
+    paper's CIFAR variant (Appendix D), and the predictor's learning rate decays with the others'
+    (the paper holds it constant, Table 1c).
     """
 
     name = "simsiam"
@@ -406,7 +410,7 @@ class BYOL(SimSiam):
     network"): a copy of the encoder and projector that follows them as an exponential moving average
     (``ema.py``), τ rising from ``base_momentum`` to 1 on a cosine (``constant_momentum``: τ stays
     at ``base_momentum``, for the ablations τ = 0, the student itself, and τ = 1, a frozen random
-    teacher; their Table 5b). The loss is the normalised mean squared error (``losses.byol_loss``).
+    teacher; their Table 5a). The loss is the normalised mean squared error (``losses.byol_loss``).
     The teacher is part of the state dict, so checkpoints hold it; only the student's encoder is shipped.
     """
 

@@ -8,7 +8,7 @@ Every result lands in the manifest of the weights it was measured on (``weights.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from .devices import describe_device
 from .geometry import alignment_and_uniformity, effective_rank, embedding_diagnostics, singular_values
 from .methods import (
     SPECS,
+    TRAINABLE,
     JointEmbedding,
     build_method,
     build_untrained_encoder,
@@ -404,7 +405,8 @@ def short_run(
     linear probe on the training split and score it on the validation split (never the test split).
 
     Returns the last epoch's training metrics, ``validation_accuracy`` and ``seconds``; with
-    ``monitor_every`` also the monitored ``history``, with ``diagnostics`` the embeddings' diagnostics."""
+    ``monitor_every`` also the monitored ``history`` (per monitored epoch, the step's metrics and the
+    monitor's), with ``diagnostics`` the embeddings' diagnostics."""
     method = build_varied_method(name, settings, dataset, seed=config.seed)
     on_epoch_end = None
     if monitor_every:
@@ -425,7 +427,7 @@ def short_run(
     }
     if monitor_every:
         run["history"] = [
-            {key: round(record[key], 6) for key in ("epoch", "loss", *MONITORED) if key in record}
+            {key: round(value, 6) for key, value in record.items() if key not in ("lr", "seconds")}
             for record in history
             if MONITORED[0] in record
         ]
@@ -438,11 +440,16 @@ def short_run(
 @dataclass
 class Sweep:
     """Short runs of one method over the values of one setting, scored by the linear probe on the
-    validation split (the test set is never used), each recorded in the manifest as soon as it ends."""
+    validation split (the test set is never used), each recorded in the manifest as soon as it ends.
+
+    ``fixed`` holds other settings at a value of their own in every run (e.g. BYOL's momentum held
+    constant while ``base_momentum`` varies); such a sweep is stored under ``"PARAM, NAME=VALUE"``,
+    beside the sweep of PARAM alone."""
 
     method: str
     param: str  # a method setting (beta, temperature, ...) or a training one (lr, batch_size, ...)
     values: list
+    fixed: dict = field(default_factory=dict)  # other settings, one value for every run
     seeds: tuple[int, ...] = (0,)
     epochs: int = 5
     warmup_epochs: int | None = None  # default: the method's recipe
@@ -462,9 +469,15 @@ class Sweep:
             settings.add("views")
         if method_class(self.method).default_views is not None:
             settings.update(VIEW_SETTINGS)
-        if self.param not in settings:
-            choices = ", ".join(sorted(settings))
-            raise ValueError(f"{self.method} has no setting {self.param!r}; choose one of {choices}")
+        for name in (self.param, *self.fixed):
+            if name not in settings:
+                choices = ", ".join(sorted(settings))
+                raise ValueError(f"{self.method} has no setting {name!r}; choose one of {choices}")
+        if self.param in self.fixed:
+            raise ValueError(f"{self.param} is the setting the sweep varies; it cannot also be held fixed")
+        for name, value in self.fixed.items():
+            if name == "views" or name in VIEW_SETTINGS or not isinstance(value, (int, float)):
+                raise ValueError(f"a fixed setting takes a number and is not a view setting, got {name}={value!r}")
         if self.param == "views":
             unknown = [value for value in self.values if value not in VIEW_ABLATIONS]
             if unknown:
@@ -482,7 +495,8 @@ class Sweep:
         if self.lr_scaling != "none" and self.param != "batch_size":
             raise ValueError(f"--lr-scaling {self.lr_scaling} applies only when sweeping batch_size, not {self.param}")
         if self.diagnostics and not issubclass(method_class(self.method), JointEmbedding):
-            raise ValueError(f"--diagnostics needs a joint-embedding method (simclr, dcl, vicreg), not {self.method}")
+            joint = ", ".join(name for name in TRAINABLE if issubclass(method_class(name), JointEmbedding))
+            raise ValueError(f"--diagnostics needs a joint-embedding method ({joint}), not {self.method}")
         manifest_entry(self.method, self.dataset, self.root)  # results are recorded beside the shipped weights
 
     def settings(self) -> dict:
@@ -490,16 +504,23 @@ class Sweep:
         recipe = method_class(self.method).recipe
         warmup = recipe["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs
         settings = {"epochs": self.epochs, "warmup_epochs": warmup, "lr_scaling": self.lr_scaling}
+        if self.fixed:
+            settings["fixed"] = dict(sorted(self.fixed.items()))
         if self.monitor_every:
             settings["monitor_every"] = self.monitor_every
         if self.limit or self.steps_per_epoch:
             settings["smoke"] = {"limit": self.limit, "steps_per_epoch": self.steps_per_epoch}
         return settings
 
+    @property
+    def key(self) -> str:
+        """Where the sweep is stored under ``results.sweeps``: PARAM, then any fixed settings."""
+        return "".join([self.param, *(f", {name}={value}" for name, value in sorted(self.fixed.items()))])
+
     def recorded_runs(self) -> dict[tuple, dict]:
         """Runs an interrupted sweep with the same settings recorded, by ``(value, seed)``."""
         sweeps = manifest_entry(self.method, self.dataset, self.root).get("results", {}).get("sweeps", {})
-        previous = sweeps.get(self.param, {})
+        previous = sweeps.get(self.key, {})
         if any(previous.get(key) != value for key, value in self.settings().items()):
             return {}
         return {
@@ -510,6 +531,7 @@ class Sweep:
 
     def train_config(self, value, seed: int) -> TrainConfig:
         recipe = {**method_class(self.method).recipe, "warmup_epochs": self.settings()["warmup_epochs"]}
+        recipe.update({name: fixed for name, fixed in self.fixed.items() if name in SWEEPABLE_TRAIN_SETTINGS})
         if self.param in SWEEPABLE_TRAIN_SETTINGS:
             recipe[self.param] = value
         if self.lr_scaling != "none":
@@ -520,7 +542,9 @@ class Sweep:
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
         """Train one run and score it on the validation split; its record."""
         config = self.train_config(value, seed)
-        settings = {} if self.param in SWEEPABLE_TRAIN_SETTINGS else {self.param: value}
+        settings = {name: fixed for name, fixed in self.fixed.items() if name not in SWEEPABLE_TRAIN_SETTINGS}
+        if self.param not in SWEEPABLE_TRAIN_SETTINGS:
+            settings[self.param] = value
         run = short_run(
             self.method,
             settings,
@@ -535,12 +559,12 @@ class Sweep:
         return {"value": value, "seed": seed, "lr": config.lr, **run}
 
     def record(self, runs: list[dict], device: torch.device) -> None:
-        """Store the runs under ``results.sweeps.PARAM``, read and written under one manifest lock, so
+        """Store the runs under ``results.sweeps[self.key]``, read and written under one manifest lock, so
         that sweeps of other settings finishing at the same time keep theirs."""
         record = {**self.settings(), "command": self.command, "device": describe_device(device), "runs": runs}
         with manifest_update(self.dataset, self.root) as manifest:
             results = manifest["methods"][self.method].setdefault("results", {})
-            results.setdefault("sweeps", {})[self.param] = record
+            results.setdefault("sweeps", {})[self.key] = record
 
     def run(self, device: torch.device, report=print) -> list[dict]:
         """Every value and seed, skipping runs an interrupted sweep recorded; returns the records."""

@@ -216,6 +216,8 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert [run["value"] for run in sweep["runs"]] == ["all", "no_crop"] and sweep["monitor_every"] == 1
     history = sweep["runs"][0]["history"]
     assert [record["epoch"] for record in history] == [1, 2] and history[-1]["loss"] == sweep["runs"][0]["loss"]
+    step_metrics = set(sweep["runs"][0]) - {"value", "seed", "lr", "validation_accuracy", "seconds", "history"}
+    assert all(history[-1][key] == sweep["runs"][0][key] for key in step_metrics)  # each epoch keeps all of them
     assert all(0 <= record["knn_validation_accuracy"] <= 1 for record in history)
     # the normalised embeddings' per-dimension std is at most 1/√D = 0.088 for D = 128; the rank at most 60 images
     assert all(0 < record["embedding_std"] <= 128**-0.5 + 1e-6 for record in history)
@@ -431,3 +433,49 @@ def test_a_sweep_of_a_view_setting_trains_with_the_views_it_names(tmp_path, monk
     assert trained_with[1].crop_ratio == (1.0, 1.0) and trained_with[0].flip_prob == trained_with[1].flip_prob
     recorded = json.loads((tmp_path / "manifest.json").read_text())["methods"]["rotation"]["results"]["sweeps"]
     assert [run["value"] for run in recorded["crop_min_area"]["runs"]] == [0.3, 1.0] == [run["value"] for run in runs]
+
+
+def test_a_sweep_holds_its_fixed_settings_in_every_run_and_is_stored_under_its_own_key(tmp_path, monkeypatch):
+    import sslkit.pipeline
+    from sslkit.pipeline import Sweep
+    from sslkit.weights import weights_dir
+
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
+    built = []
+
+    def spy(name, settings, *args, **kwargs):
+        built.append(build(name, settings, *args, **kwargs))
+        return built[-1]
+
+    build = sslkit.pipeline.build_varied_method
+    monkeypatch.setattr(sslkit.pipeline, "build_varied_method", spy)
+    shipped = json.loads((tmp_path / "manifest.json").read_text())["methods"]["vae"]["results"]["sweeps"]
+    sweep = Sweep("vae", "beta", [0.5, 2.0], fixed={"latent_dim": 8}, epochs=1, root=tmp_path, limit=600)
+    sweep.steps_per_epoch = 1
+    sweep.run(torch.device("cpu"), report=lambda *_: None)
+    assert [(method.beta, method.latent_dim) for method in built] == [(0.5, 8), (2.0, 8)]
+    sweeps = json.loads((tmp_path / "manifest.json").read_text())["methods"]["vae"]["results"]["sweeps"]
+    record = sweeps["beta, latent_dim=8"]
+    assert record["fixed"] == {"latent_dim": 8} and [run["value"] for run in record["runs"]] == [0.5, 2.0]
+    assert sweeps.get("beta") == shipped.get("beta")  # the sweep of beta alone is another record, left as it was
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--set", "latent_dim"], "--set takes NAME=VALUE"),
+        (["--set", "latent_dim=wide"], "--set latent_dim takes a number"),
+        (["--set", "latent_dim=8", "--set", "latent_dim=16"], "--set names latent_dim more than once"),
+        (["--set", "width=8"], "vae has no setting 'width'"),
+        (["--set", "beta=2"], "beta is the setting the sweep varies"),
+    ],
+)
+def test_sweep_rejects_a_fixed_setting_it_cannot_hold(arguments, message, tmp_path, capsys):
+    from sslkit.weights import weights_dir
+
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
+    try:  # argparse exits on a malformed option; main returns 2 on a well-formed one the sweep refuses
+        code = main(["sweep", "vae", "beta", "0.5", "--weights", str(tmp_path), "--limit", "600", *arguments])
+    except SystemExit as exit:
+        code = exit.code
+    assert code == 2 and message in capsys.readouterr().err
