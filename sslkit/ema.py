@@ -35,10 +35,8 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def follow(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """ξ ← τ·ξ + (1 − τ)·θ for every parameter; buffers (BatchNorm's running statistics) are copied,
-    since the teacher normalises with its own batch's statistics during training and they are only
-    read at evaluation."""
+    """ξ ← τ·ξ + (1 − τ)·θ for every parameter. Buffers (BatchNorm's running statistics) are left
+    alone: the teacher keeps its own, gathered by its own forward passes in training mode, as in the
+    authors' code of BYOL and DINO, so that a teacher evaluated on its own is normalised by them."""
     for ours, theirs in zip(teacher.parameters(), student.parameters(), strict=True):
         ours.lerp_(theirs.detach(), 1 - momentum)
-    for ours, theirs in zip(teacher.buffers(), student.buffers(), strict=True):
-        ours.copy_(theirs)

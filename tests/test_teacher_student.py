@@ -120,13 +120,16 @@ def test_the_teacher_moves_a_fraction_one_minus_tau_towards_the_student():
     with torch.no_grad():
         for p in student.parameters():
             p.add_(torch.randn_like(p))
-    student(torch.randn(8, 4))  # new running statistics
+    student(torch.randn(8, 4))  # the student's running statistics change
+    teacher(torch.randn(8, 4) + 5)  # the teacher's own, from other inputs
     before = [p.clone().double() for p in teacher.parameters()]
+    own_statistics = [b.clone() for b in teacher.buffers()]
     follow(teacher, student, 0.9)
     for old, new, target in zip(before, teacher.parameters(), student.parameters(), strict=True):
         torch.testing.assert_close(new.double(), 0.9 * old + 0.1 * target.double(), rtol=1e-6, atol=1e-7)
-    for ours, theirs in zip(teacher.buffers(), student.buffers(), strict=True):
-        assert torch.equal(ours, theirs)
+    for ours, kept in zip(teacher.buffers(), own_statistics, strict=True):
+        assert torch.equal(ours, kept)  # the teacher's running statistics are its own
+    assert not torch.equal(teacher[1].running_mean, student[1].running_mean)
 
 
 def byol(**settings):
