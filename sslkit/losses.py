@@ -16,7 +16,7 @@ def _check_pair(z1: torch.Tensor, z2: torch.Tensor, name: str) -> None:
             f"{name} expects two embeddings of the same shape [N, D], got {tuple(z1.shape)} and {tuple(z2.shape)}"
         )
     if z1.shape[0] < 2:
-        raise ValueError(f"{name} compares a batch's pairs with each other: it needs 2 or more, got N={z1.shape[0]}")
+        raise ValueError(f"{name} compares a batch's pairs with each other: it needs at least 2, got N={z1.shape[0]}")
 
 
 def _check_temperature(temperature: float, name: str) -> None:
