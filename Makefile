@@ -20,8 +20,9 @@ ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 lab: setup data
 	$(BIN)/jupyter lab notebooks/ $(ALLOW_ROOT)
 
+# A cell still running after 10 minutes is a hung kernel: fail it rather than wait nbval's default 33.
 test: setup data lint
-	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
+	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider tests notebooks
 
 # The notebooks in a real browser: JupyterLab + Chromium (Playwright), screenshots in e2e/screenshots/.
 test-browser: setup data chromium

@@ -547,7 +547,8 @@ def add_sweep_parser(subparsers) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
-    repeated = sorted({name for name, _ in args.set if [n for n, _ in args.set].count(name) > 1})
+    names = [name for name, _ in args.set]
+    repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"--set names {', '.join(repeated)} more than once; give each setting one value")
     sweep = Sweep(

@@ -163,7 +163,7 @@ class FrozenEvaluationReport(FrozenEvaluation):
     def summary(self, labels: torch.Tensor, title: str, top: int = 3) -> tuple[dict[str, torch.Tensor], list]:
         """The compact view every technique notebook shows: one figure with the per-class test accuracy
         (probe and kNN) beside the probe's confusion matrix, the hardest class and the ``top`` largest
-        confusions printed. (Notebook 08 shows each view in full for every method.)
+        confusions printed. (Notebook 09 shows each view in full for every method.)
 
         Returns:
             ``(per_class, pairs)``: per-class accuracies by classifier, and the ``(true, predicted)``

@@ -41,7 +41,7 @@ from .protocol import (
     probe_validation_split,
     select_and_fit_linear_probe,
 )
-from .train import TrainConfig, train
+from .train import TrainConfig, devices_of_run, train
 from .transfer import TRANSFER_REPEATS, transfer
 from .version import __version__
 from .weights import load_pretrained, load_probe, manifest_entry, manifest_update, publish
@@ -94,6 +94,9 @@ class PretrainRun:
             **recipe,
         )
 
+    def checkpoint_path(self) -> Path:
+        return self.checkpoint or Path("checkpoints") / f"{self.method}.ckpt"
+
 
 def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
     """Train (in every process under torchrun), then evaluate and publish (in the main process).
@@ -120,11 +123,11 @@ def pretrain(run: PretrainRun, device: torch.device) -> dict | None:
         state = {f"encoder.{key}": value for key, value in encoder.state_dict().items()}
         entry.update(config={"encoder_config": encoder.config()}, epochs=0)
     else:
-        method, history, fields_of_run = train_method(run, train_images, train_labels, device)
+        method, history = train_method(run, train_images, train_labels, device)
         if not distributed.is_main_process():
             return None
         encoder, state = method.encoder, method.state_dict()
-        entry.update(fields_of_run)
+        entry.update(fields_of_run(run, method, history))
     print(f"evaluating {run.method} with the linear-probe protocol ...", flush=True)
     started = time.perf_counter()
     probe, entry["results"] = evaluate_new_encoder(
@@ -172,7 +175,7 @@ def choose_hog_settings(images: torch.Tensor, labels: torch.Tensor, dataset: str
 
 
 def train_method(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
-    """``(method, history, manifest fields)`` of the training half of ``pretrain``."""
+    """``(method, history)``: the training half of ``pretrain`` (every process under torchrun)."""
     unknown = set(run.settings or {}) - set(method_settings(run.method))
     if unknown:
         raise ValueError(
@@ -180,35 +183,35 @@ def train_method(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor, d
             f"{', '.join(method_settings(run.method))}"
         )
     method = build_method(run.method, run.dataset, seed=run.seed, **(run.settings or {}))
-    config = run.train_config()
-    checkpoint = run.checkpoint or Path("checkpoints") / f"{run.method}.ckpt"
     history = train(
         method,
         images,
         labels,
-        config,
+        run.train_config(),
         device,
-        checkpoint,
+        run.checkpoint_path(),
         progress=run.progress,
         compile_model=run.compile_model,
         dataset=run.dataset,
     )
+    return method, history
+
+
+def fields_of_run(run: PretrainRun, method, history: list[dict]) -> dict:
+    """The manifest fields of a finished training run. Main process only: it reads the checkpoint that
+    the main process wrote (where each epoch ran)."""
+    config = run.train_config()
     processes = distributed.world_size()
     seconds = sum(record["seconds"] for record in history)
-    return (
-        method,
-        history,
-        {
-            "config": method.config(),
-            "train": config.to_dict(),
-            "epochs": config.epochs,
-            "batch_size": config.batch_size,
-            "device": describe_device(device, run.amp, run.amp_dtype)
-            + (f" × {processes} processes" if processes > 1 else ""),
-            "wall_time_seconds": round(seconds, 1),
-            "seconds_per_epoch": round(seconds / len(history), 2),
-        },
-    )
+    return {
+        "config": method.config(),
+        "train": config.to_dict(),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "device": devices_of_run(run.checkpoint_path()) + (f" × {processes} processes" if processes > 1 else ""),
+        "wall_time_seconds": round(seconds, 1),
+        "seconds_per_epoch": round(seconds / len(history), 2),
+    }
 
 
 def evaluate_new_encoder(encoder, train_data: Split, test_data: Split, dataset: str, device, limit=None):
@@ -348,6 +351,15 @@ def merged_fine_tune(recorded: dict, summary: dict) -> dict:
 SWEEPABLE_TRAIN_SETTINGS = tuple(
     f.name for f in fields(TrainConfig) if f.name not in ("epochs", "steps_per_epoch", "amp", "amp_dtype", "seed")
 )
+
+
+def method_settings_of(settings: dict) -> dict:
+    """The settings a method is built with (the others are training settings); lists back to tuples."""
+    return {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in settings.items()
+        if key not in SWEEPABLE_TRAIN_SETTINGS
+    }
 
 
 MONITOR_BANK = 10_000  # training images whose features the monitoring kNN searches
@@ -529,11 +541,13 @@ class Sweep:
             if ("diagnostics" in run or not self.diagnostics) and ("history" in run or not self.monitor_every)
         }
 
+    def varied(self, value) -> dict:
+        """What one run changes from the shipped recipe: the fixed settings and PARAM=value."""
+        return {**self.fixed, self.param: value}
+
     def train_config(self, value, seed: int) -> TrainConfig:
         recipe = {**method_class(self.method).recipe, "warmup_epochs": self.settings()["warmup_epochs"]}
-        recipe.update({name: fixed for name, fixed in self.fixed.items() if name in SWEEPABLE_TRAIN_SETTINGS})
-        if self.param in SWEEPABLE_TRAIN_SETTINGS:
-            recipe[self.param] = value
+        recipe.update({name: v for name, v in self.varied(value).items() if name in SWEEPABLE_TRAIN_SETTINGS})
         if self.lr_scaling != "none":
             ratio = value / TrainConfig.batch_size
             recipe["lr"] *= ratio if self.lr_scaling == "linear" else ratio**0.5
@@ -542,12 +556,9 @@ class Sweep:
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
         """Train one run and score it on the validation split; its record."""
         config = self.train_config(value, seed)
-        settings = {name: fixed for name, fixed in self.fixed.items() if name not in SWEEPABLE_TRAIN_SETTINGS}
-        if self.param not in SWEEPABLE_TRAIN_SETTINGS:
-            settings[self.param] = value
         run = short_run(
             self.method,
-            settings,
+            method_settings_of(self.varied(value)),
             config,
             images,
             labels,

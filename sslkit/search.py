@@ -21,7 +21,7 @@ import torch
 from .data import DEFAULT_DATASET
 from .devices import describe_device
 from .methods import build_method, method_class
-from .pipeline import SWEEPABLE_TRAIN_SETTINGS, load_splits, short_run
+from .pipeline import SWEEPABLE_TRAIN_SETTINGS, load_splits, method_settings_of, short_run
 from .train import TrainConfig
 from .weights import manifest_entry, manifest_update
 
@@ -112,15 +112,6 @@ def train_config(settings: dict, seed: int, recipe: dict, steps_per_epoch: int |
         seed=seed,
         steps_per_epoch=steps_per_epoch,
     )
-
-
-def method_settings_of(settings: dict) -> dict:
-    """The settings a method is built with (the others are training settings); lists back to tuples."""
-    return {
-        key: tuple(value) if isinstance(value, list) else value
-        for key, value in settings.items()
-        if key not in SWEEPABLE_TRAIN_SETTINGS
-    }
 
 
 @dataclass

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data import to_float
-from .devices import mixed_precision_dtype, resolve_device
+from .devices import describe_device, mixed_precision_dtype, resolve_device
 from .files import save_torch_atomically, sha256_tensor, write_text_atomically
 from .methods import Method
 
@@ -197,6 +197,7 @@ class TrainState:
     data_generator: torch.Generator  # the order of the images
     augment_generator: torch.Generator  # the views, masks and noise of this process
     history: list[dict] = field(default_factory=list)
+    devices: list[str | None] = field(default_factory=list)  # where each epoch ran (None: not recorded)
     epoch: int = 0  # epochs completed
 
     @classmethod
@@ -232,6 +233,7 @@ class TrainState:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "history": self.history,
+            "devices": self.devices,
         }
         save_torch_atomically(checkpoint, path)
         write_text_atomically(history_path(path), json.dumps(self.history, indent=1))
@@ -244,13 +246,44 @@ class TrainState:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
-        rng = checkpoint["rng"]
+        # Generator states are CPU byte tensors whatever the device; map_location moved them.
+        rng = {
+            key: [s.cpu() for s in value] if isinstance(value, list) else value.cpu()
+            for key, value in checkpoint["rng"].items()
+        }
         self.data_generator.set_state(rng["data"])
-        self.augment_generator.set_state(rng["augment"][distributed.rank()])
+        self.history, self.epoch = list(checkpoint["history"]), checkpoint["epoch"]
+        self.devices = list(checkpoint.get("devices", [None] * self.epoch))
+        self.resume_views(rng["augment"][distributed.rank()])
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.history, self.epoch = list(checkpoint["history"]), checkpoint["epoch"]
+
+    def resume_views(self, saved_state: torch.Tensor) -> None:
+        """Continue the view generator; a run moved to another kind of device (CPU and CUDA generators
+        keep different states) draws its views from a generator seeded with the epoch instead, so the
+        order of the images stays the same but the views after the move differ from an unmoved run's."""
+        if len(saved_state) == len(self.augment_generator.get_state()):
+            self.augment_generator.set_state(saved_state)
+            return
+        seed = self.augment_generator.initial_seed() + 1_000_003 * self.epoch
+        print(f"the run moved to {self.augment_generator.device.type}: its views continue from seed {seed}")
+        self.augment_generator.manual_seed(seed)
+
+
+def devices_of_run(checkpoint_path: str | Path) -> str:
+    """Where the run in ``checkpoint_path`` trained, e.g. ``cuda (NVIDIA H200), bfloat16 autocast`` or,
+    for a run resumed elsewhere, ``epochs 1–73: cuda (...); epochs 74–100: cpu (...)``."""
+    devices = torch.load(checkpoint_path, map_location="cpu", weights_only=True).get("devices", [])
+    spans: list[list] = []  # [first epoch, last epoch, device]
+    for epoch, device in enumerate(devices, start=1):
+        if spans and spans[-1][2] == device:
+            spans[-1][1] = epoch
+        else:
+            spans.append([epoch, epoch, device])
+    if len(spans) == 1:
+        return spans[0][2] or "not recorded"
+    return "; ".join(f"epochs {first}–{last}: {device or 'not recorded'}" for first, last, device in spans)
 
 
 def wrap_for_training(method: Method, device: torch.device, compile_model: bool) -> torch.nn.Module:
@@ -394,6 +427,7 @@ def train(
             record.update(on_epoch_end(method, state.epoch + 1))
             method.train()
         state.history.append(record)
+        state.devices.append(describe_device(device, config.amp, config.amp_dtype))
         state.epoch += 1
         if progress:
             tqdm.write(

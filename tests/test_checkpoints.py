@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from sslkit.cli import main
+from sslkit.devices import describe_device
 from sslkit.methods import build_method
-from sslkit.train import CheckpointMismatchError, TrainConfig, train
+from sslkit.train import CheckpointMismatchError, TrainConfig, devices_of_run, train
 
 CONFIG = TrainConfig(epochs=1, batch_size=64, steps_per_epoch=2, warmup_epochs=0)
 
@@ -212,3 +213,46 @@ def test_the_run_that_wrote_a_checkpoint_resumes_from_it_and_trains_nothing_more
     assert all(torch.equal(first_state[key], second_state[key]) for key in first_state)
     fresh = build_method("simclr", "fashion-mnist", seed=0).state_dict()
     assert not torch.equal(fresh["encoder.stem.0.weight"], second_state["encoder.stem.0.weight"])  # it was loaded
+
+
+# -------------------------------------------------------------------------- where each epoch ran
+
+
+def test_the_checkpoint_records_the_device_of_every_epoch_and_the_run_names_them(images, labels, tmp_path, one_thread):
+    checkpoint = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=2, batch_size=64, steps_per_epoch=1, warmup_epochs=0)
+    run("simclr", images[:128], labels[:128], checkpoint, config)
+    here = describe_device(torch.device("cpu"), config.amp, config.amp_dtype)
+    assert torch.load(checkpoint, weights_only=True)["devices"] == [here, here]
+    assert devices_of_run(checkpoint) == here
+
+
+def test_a_run_resumed_on_another_device_names_each_span_of_epochs(tmp_path):
+    checkpoint = tmp_path / "run.ckpt"
+    torch.save({"devices": ["cuda (GPU), bfloat16 autocast"] * 3 + ["cpu (CPU), float32"] * 2}, checkpoint)
+    assert devices_of_run(checkpoint) == "epochs 1–3: cuda (GPU), bfloat16 autocast; epochs 4–5: cpu (CPU), float32"
+    torch.save({"devices": [None, "cpu (CPU), float32"]}, checkpoint)  # an epoch from before devices were recorded
+    assert devices_of_run(checkpoint) == "epochs 1–1: not recorded; epochs 2–2: cpu (CPU), float32"
+
+
+def test_a_run_moved_from_a_gpu_continues_with_views_seeded_by_the_epoch(images, labels, tmp_path, one_thread, capsys):
+    """A CUDA generator's state (16 bytes) cannot be loaded into a CPU generator: the views after the
+    move come from a generator seeded with the epoch, the same on every resume, and the order of the
+    images (a CPU generator on every device) continues exactly."""
+    config = TrainConfig(epochs=2, batch_size=64, steps_per_epoch=1, warmup_epochs=0)
+    one_epoch = TrainConfig(**{**config.to_dict(), "epochs": 1})
+    checkpoint = tmp_path / "run.ckpt"
+    run("simclr", images[:128], labels[:128], checkpoint, one_epoch)
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["rng"]["augment"] = [torch.zeros(16, dtype=torch.uint8)]  # what a CUDA generator saves
+    saved["identity"]["train_config"]["epochs"] = 2
+    saved["devices"] = ["cuda (GPU), bfloat16 autocast"]
+    finals = []
+    for copy in ("a.ckpt", "b.ckpt"):
+        torch.save(saved, tmp_path / copy)
+        method, history = run("simclr", images[:128], labels[:128], tmp_path / copy, config)
+        finals.append(method.state_dict()["encoder.stem.0.weight"])
+        assert [record["epoch"] for record in history] == [1, 2]
+        assert devices_of_run(tmp_path / copy).startswith("epochs 1–1: cuda (GPU), bfloat16 autocast; epochs 2–2: cpu")
+    assert "the run moved to cpu: its views continue from seed" in capsys.readouterr().out
+    torch.testing.assert_close(finals[0], finals[1], rtol=0, atol=0)

@@ -45,8 +45,8 @@ def test_every_command_explains_its_options(command):
     [
         (["pretrain", "simclr", "--epochs", "0"], "must be a positive integer"),
         (["pretrain", "simclr", "--device", "tpu"], "invalid choice: 'tpu'"),
-        (["pretrain", "byol"], "invalid choice: 'byol'"),
-        (["evaluate", "byol"], "unknown method 'byol'; methods are autoencoder"),
+        (["pretrain", "simclrr"], "invalid choice: 'simclrr'"),
+        (["evaluate", "simclrr"], "unknown method 'simclrr'; methods are autoencoder"),
         (["pretrain", "supervised", "--temperature", "0.5"], "temperature does not apply to supervised; its settings"),
         (["finetune", "pixels"], "'pixels' has no network to fine-tune"),
         (["finetune", "hog"], "'hog' has no network to fine-tune"),
@@ -450,8 +450,9 @@ def test_a_sweep_holds_its_fixed_settings_in_every_run_and_is_stored_under_its_o
     build = sslkit.pipeline.build_varied_method
     monkeypatch.setattr(sslkit.pipeline, "build_varied_method", spy)
     shipped = json.loads((tmp_path / "manifest.json").read_text())["methods"]["vae"]["results"]["sweeps"]
-    sweep = Sweep("vae", "beta", [0.5, 2.0], fixed={"latent_dim": 8}, epochs=1, root=tmp_path, limit=600)
-    sweep.steps_per_epoch = 1
+    sweep = Sweep(
+        "vae", "beta", [0.5, 2.0], fixed={"latent_dim": 8}, epochs=1, root=tmp_path, limit=600, steps_per_epoch=1
+    )
     sweep.run(torch.device("cpu"), report=lambda *_: None)
     assert [(method.beta, method.latent_dim) for method in built] == [(0.5, 8), (2.0, 8)]
     sweeps = json.loads((tmp_path / "manifest.json").read_text())["methods"]["vae"]["results"]["sweeps"]

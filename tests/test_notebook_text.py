@@ -11,7 +11,7 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 PROSE_LIMIT = 3000  # words of prose per notebook
-TECHNIQUES = [path for path in NOTEBOOKS if re.match(r"0[1-7]_", path.name)]
+TECHNIQUES = [path for path in NOTEBOOKS if re.match(r"0[1-8]_", path.name)]
 
 
 def markdown_cells(path: Path) -> list[str]:

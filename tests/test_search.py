@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sslkit.search
-from sslkit.pipeline import build_varied_method
+from sslkit.pipeline import build_varied_method, method_settings_of
 from sslkit.search import GRIDS, NOISE_SEEDS, RecipeSearch, changed, describe_decision, shipped_value, train_config
 from sslkit.weights import weights_dir
 
@@ -32,7 +32,7 @@ def test_every_grid_holds_the_shipped_value_and_every_value_builds_a_run(method)
         for value in values:
             settings = changed(method, {setting: value})
             config = train_config(settings, 0, recipe)
-            built = build_varied_method(method, sslkit.search.method_settings_of(settings))
+            built = build_varied_method(method, method_settings_of(settings))
             assert config.epochs == sslkit.search.EPOCHS and config.warmup_epochs == sslkit.search.WARMUP_EPOCHS
             if setting in sslkit.search.SWEEPABLE_TRAIN_SETTINGS:
                 assert getattr(config, setting) == value

@@ -208,9 +208,10 @@ def test_float16_with_the_gradient_scaler_skips_the_step_whose_gradients_overflo
 
 def test_compile_trains_like_eager(train_data):
     """Two steps through torch.compile (inductor's C++ kernels on the CPU) against the eager steps: the
-    same loss and the same update, up to the rounding of fused kernels."""
+    same loss and the same update, up to the rounding of fused kernels. In float32: under bfloat16
+    autocast the two differ by bfloat16's rounding (0.3% in the loss on a processor with AMX)."""
     images, _ = train_data
-    config = TrainConfig(epochs=1, steps_per_epoch=2, **SMOKE)
+    config = TrainConfig(epochs=1, steps_per_epoch=2, amp=False, **SMOKE)
     eager, compiled, start = fresh("rotation"), fresh("rotation"), fresh("rotation")
     eager_history = train(eager, images[:64], None, config, "cpu", progress=False)
     compiled_history = train(compiled, images[:64], None, config, "cpu", progress=False, compile_model=True)

@@ -105,8 +105,9 @@ def test_state_dict_of_another_architecture_is_reported(shipped):
 
 def test_unknown_and_unshipped_names(shipped):
     folder, _, _ = shipped
-    with pytest.raises(ValueError, match="autoencoder, vae, rotation, simclr, dcl, vicreg, mae"):
-        load_pretrained("simsiam", root=folder)
+    methods = "autoencoder, vae, rotation, simclr, dcl, vicreg, barlow_twins, mae, byol, simsiam"
+    with pytest.raises(ValueError, match=methods):
+        load_pretrained("simclrr", root=folder)
     with pytest.raises(WeightsError, match="python -m sslkit pretrain vicreg"):
         manifest_entry("vicreg", root=folder)
 
