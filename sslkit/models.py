@@ -574,3 +574,10 @@ def build_encoder(config: dict) -> ResNetEncoder | ViTEncoder | PixelFeatures | 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def convolution_weight_norm(module: nn.Module) -> float:
+    """Euclidean norm of all convolution kernels (the 4-d parameters) of ``module`` taken together. A
+    BatchNorm after each convolution undoes any rescaling of its kernel, so this size is free to drift
+    in training, and SGD's effective learning rate on such weights falls as 1/norm² (van Laarhoven 2017)."""
+    return torch.sqrt(sum(p.detach().pow(2).sum() for p in module.parameters() if p.ndim == 4)).item()

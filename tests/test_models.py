@@ -5,7 +5,8 @@ import torch
 
 from sslkit import methods
 from sslkit.methods import TRAINABLE, build_method, initialize_linear, method_class
-from sslkit.models import ConvDecoder, ProjectionHead, build_encoder, count_parameters, encoder_config
+from sslkit.models import (ConvDecoder, ProjectionHead, build_encoder, convolution_weight_norm, count_parameters,
+                           encoder_config)
 
 
 def test_encoder_shape_and_size():
@@ -112,3 +113,16 @@ def test_a_method_rebuilt_from_its_config_has_the_same_config_also_after_json(na
     stored = json.loads(json.dumps(config))  # as a checkpoint's identity or the manifest holds it
     rebuilt = methods.method_from_config(name, stored)
     assert type(rebuilt) is type(method) and rebuilt.config() == config
+
+
+def test_convolution_weight_norm_counts_every_convolution_kernel_and_nothing_else():
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 1, 1),
+                                  torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        network[0].weight.fill_(1.0)  # 2 × 1 × 3 × 3 = 18 ones
+        network[2].weight.fill_(-2.0)  # 1 × 2 × 1 × 1 = 2 values of -2
+        network[4].weight.fill_(100.0)  # a linear layer: not a convolution
+    assert convolution_weight_norm(network) == pytest.approx((18 * 1.0 + 2 * 4.0) ** 0.5)
+    with torch.no_grad():
+        network[0].weight.mul_(3.0)
+    assert convolution_weight_norm(network) == pytest.approx((18 * 9.0 + 2 * 4.0) ** 0.5)
