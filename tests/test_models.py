@@ -5,8 +5,14 @@ import torch
 
 from sslkit import methods
 from sslkit.methods import TRAINABLE, build_method, initialize_linear, method_class
-from sslkit.models import (ConvDecoder, ProjectionHead, build_encoder, convolution_weight_norm, count_parameters,
-                           encoder_config)
+from sslkit.models import (
+    ConvDecoder,
+    ProjectionHead,
+    build_encoder,
+    convolution_weight_norm,
+    count_parameters,
+    encoder_config,
+)
 
 
 def test_encoder_shape_and_size():
@@ -116,8 +122,13 @@ def test_a_method_rebuilt_from_its_config_has_the_same_config_also_after_json(na
 
 
 def test_convolution_weight_norm_counts_every_convolution_kernel_and_nothing_else():
-    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 1, 1),
-                                  torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3),
+        torch.nn.BatchNorm2d(2),
+        torch.nn.Conv2d(2, 1, 1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
     with torch.no_grad():
         network[0].weight.fill_(1.0)  # 2 × 1 × 3 × 3 = 18 ones
         network[2].weight.fill_(-2.0)  # 1 × 2 × 1 × 1 = 2 values of -2

@@ -51,7 +51,16 @@ def test_simclr_meets_the_accuracy_bar_and_beats_the_floor():
 
 def test_public_api_returns_pooled_features():
     assert sslkit.METHODS == (
-        "autoencoder", "vae", "rotation", "simclr", "dcl", "vicreg", "barlow_twins", "mae", "byol", "simsiam",
+        "autoencoder",
+        "vae",
+        "rotation",
+        "simclr",
+        "dcl",
+        "vicreg",
+        "barlow_twins",
+        "mae",
+        "byol",
+        "simsiam",
     )
     assert "supervised" in sslkit.BASELINES
     encoder = sslkit.load_pretrained("simclr")
@@ -179,8 +188,13 @@ def test_shipped_mae_decoder_predicts_the_pattern_inside_hidden_patches(test_dat
 
 @pytest.mark.parametrize(
     ("name", "param", "shipped_value"),
-    [("vae", "beta", 1), ("autoencoder", "noise_std", 0.2), ("mae", "lr", 5e-4), ("vicreg", "lr", 3e-3),
-     ("barlow_twins", "redundancy_weight", 5e-3)],
+    [
+        ("vae", "beta", 1),
+        ("autoencoder", "noise_std", 0.2),
+        ("mae", "lr", 5e-4),
+        ("vicreg", "lr", 3e-3),
+        ("barlow_twins", "redundancy_weight", 5e-3),
+    ],
 )
 def test_the_notebooks_sweeps_are_real_runs(name, param, shipped_value):
     sweep = MANIFEST[name]["results"]["sweeps"][param]
