@@ -369,10 +369,13 @@ def dino_loss(
         center: ``[K]``, the running mean of the teacher's outputs (``updated_center``).
 
     Returns:
-        ``{"loss", "teacher_entropy", "kl"}``: the loss, the mean entropy H(P_t) of the teacher's
-        distributions and the mean KL(P_t ‖ P_s) = loss − H(P_t) over the same pairs, the two
+        ``{"loss", "teacher_entropy", "kl", "prototypes_in_use"}``: the loss, the mean entropy H(P_t) of
+        the teacher's distributions and the mean KL(P_t ‖ P_s) = loss − H(P_t) over the same pairs, the two
         diagnostics of the paper's Fig. 7 (collapse to one prototype: entropy 0; to the uniform
-        distribution: entropy log K; either way the KL falls to 0).
+        distribution: entropy log K; either way the KL falls to 0); and exp H(P̄_t), the entropy of the
+        teacher's distributions averaged over images and views, exponentiated: how many prototypes the
+        teacher spreads the images over (1 when one prototype takes every image, K when they are used
+        evenly, whether each image is sharp or uniform).
     """
     if student_logits.ndim != 3 or teacher_logits.ndim != 3 or student_logits.shape[1:] != teacher_logits.shape[1:]:
         raise ValueError(
@@ -393,8 +396,14 @@ def dino_loss(
             if j != i
         ]
         loss = torch.stack(cross_entropies).mean()
-        entropy = -(teacher * torch.log(teacher.clamp_min(1e-30))).sum(dim=-1).mean()
-        return {"loss": loss, "teacher_entropy": entropy, "kl": loss - entropy}
+        entropy = entropy_of(teacher).mean()
+        in_use = entropy_of(teacher.flatten(0, 1).mean(dim=0)).exp()
+        return {"loss": loss, "teacher_entropy": entropy, "kl": loss - entropy, "prototypes_in_use": in_use}
+
+
+def entropy_of(probabilities: torch.Tensor) -> torch.Tensor:
+    """The entropy −Σ_k p_k log p_k of each distribution over the last dimension, in nats (0 log 0 = 0)."""
+    return -(probabilities * torch.log(probabilities.clamp_min(1e-30))).sum(dim=-1)
 
 
 @torch.no_grad()

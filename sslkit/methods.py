@@ -537,6 +537,11 @@ class DINO(Method):
         self.teacher_encoder, self.teacher_head = frozen_copy(self.encoder), frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(prototypes))
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's prototype logits ``[N, prototypes]`` (cosines, before the temperature): the
+        outputs the loss sees."""
+        return self.head(self.encoder(images))
+
     def local_views(self) -> AugmentConfig:
         return replace(self.augment_config, crop_scale=self.local_crop_scale)
 

@@ -370,17 +370,18 @@ MONITORED = ("knn_validation_accuracy", "embedding_std", "embedding_effective_ra
 @torch.no_grad()
 def monitor(method, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
     """How a run is doing, measured cheaply enough to do every few epochs: a kNN classifier's accuracy
-    on part of the validation split (the test set is never used) and, for joint-embedding methods,
-    the label-free collapse signals of the embeddings the loss sees: the mean per-dimension standard
-    deviation of the L2-normalised embeddings (0 when they collapse to a point, about 1/√D when they
-    spread over the sphere; SimSiam, Chen and He 2021, Section 4.1 and Fig. 2) and their effective rank."""
+    on part of the validation split (the test set is never used) and, for methods with embeddings
+    (``embed``: the joint-embedding methods and DINO), the label-free collapse signals of the
+    embeddings the loss sees: the mean per-dimension standard deviation of the L2-normalised
+    embeddings (0 when they collapse to a point, about 1/√D when they spread over the sphere;
+    SimSiam, Chen and He 2021, Section 4.1 and Fig. 2) and their effective rank."""
     fit_indices, validation_indices = probe_validation_split(labels)
     bank, queries = fit_indices[:MONITOR_BANK], validation_indices[:MONITOR_QUERIES]
     bank_features = extract_features(method.encoder, images[bank], device=device)
     query_features = extract_features(method.encoder, images[queries], device=device)
     predictions = knn_predict(bank_features, labels[bank], query_features)
     record = {MONITORED[0]: accuracy(predictions, labels[queries])}
-    if isinstance(method, JointEmbedding):
+    if hasattr(method, "embed"):  # the joint-embedding methods and DINO
         embeddings = encode_images(method.embed, images[queries], device).double()
         record[MONITORED[1]] = F.normalize(embeddings, dim=1).std(dim=0).mean().item()
         record[MONITORED[2]] = effective_rank(singular_values(embeddings))
@@ -506,9 +507,9 @@ class Sweep:
             raise ValueError(f"--monitor-every must be 0 (off) or a number of epochs, got {self.monitor_every}")
         if self.lr_scaling != "none" and self.param != "batch_size":
             raise ValueError(f"--lr-scaling {self.lr_scaling} applies only when sweeping batch_size, not {self.param}")
-        if self.diagnostics and not issubclass(method_class(self.method), JointEmbedding):
-            joint = ", ".join(name for name in TRAINABLE if issubclass(method_class(name), JointEmbedding))
-            raise ValueError(f"--diagnostics needs a joint-embedding method ({joint}), not {self.method}")
+        if self.diagnostics and not hasattr(method_class(self.method), "embed"):
+            embedding = ", ".join(name for name in TRAINABLE if hasattr(method_class(name), "embed"))
+            raise ValueError(f"--diagnostics needs a method with embeddings ({embedding}), not {self.method}")
         manifest_entry(self.method, self.dataset, self.root)  # results are recorded beside the shipped weights
 
     def settings(self) -> dict:

@@ -53,7 +53,7 @@ def test_every_command_explains_its_options(command):
         (["finetune", "simclr", "--fractions", "2"], "--fractions must be in (0, 1]"),
         (["sweep", "vae", "gamma", "1"], "vae has no setting 'gamma'; choose one of batch_size, beta"),
         (["sweep", "simclr", "temperature", "0.5", "--lr-scaling", "linear"], "applies only when sweeping batch_size"),
-        (["sweep", "vae", "beta", "1", "--diagnostics"], "--diagnostics needs a joint-embedding method"),
+        (["sweep", "vae", "beta", "1", "--diagnostics"], "--diagnostics needs a method with embeddings"),
         (["sweep", "simclr", "views", "all", "sideways"], "unknown views ['sideways']; choose among all, no_crop"),
         (["sweep", "simclr", "temperature", "warm"], "temperature takes numbers, got ['warm']"),
         (["sweep", "vae", "views", "all"], "vae has no setting 'views'"),

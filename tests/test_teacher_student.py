@@ -1,4 +1,4 @@
-"""SimSiam, BYOL and Barlow Twins: each loss against an explicit loop and an independent library,
+"""SimSiam, BYOL, Barlow Twins and DINO: each loss against an explicit loop and an independent library,
 the teacher's moving average exact (also under resume), and a few steps that lower each loss."""
 
 import math
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import sslkit.methods
 import sslkit.train
 from sslkit.augment import augment
+from sslkit.data import to_float
 from sslkit.ema import follow, frozen_copy, momentum_at
 from sslkit.losses import (
     barlow_twins_loss,
@@ -22,6 +23,7 @@ from sslkit.losses import (
 )
 from sslkit.methods import BYOL, DINO, BarlowTwins, SimSiam
 from sslkit.models import encoder_config
+from sslkit.pipeline import monitor
 from sslkit.train import TrainConfig, build_optimizer, train
 
 
@@ -283,6 +285,27 @@ def test_dino_loss_is_the_cross_entropy_over_pairs_of_different_views_written_as
     assert terms["teacher_entropy"].item() == pytest.approx(sum(entropies) / len(entropies), rel=1e-4)
 
 
+def test_prototypes_in_use_counts_the_prototypes_the_teacher_spreads_the_images_over():
+    k, n = 8, 6
+    student = torch.zeros(3, n, k)
+    one_each = torch.eye(k)[:n].expand(2, n, k) * 50  # image b sharply on prototype b: n prototypes, evenly
+    one_for_all = torch.zeros(2, n, k)
+    one_for_all[..., 3] = 50  # every image sharply on prototype 3
+    uniform = torch.zeros(2, n, k)
+    for logits, expected, entropy in ((one_each, n, 0.0), (one_for_all, 1, 0.0), (uniform, k, math.log(k))):
+        terms = dino_loss(student, logits, torch.zeros(k))
+        assert terms["prototypes_in_use"].item() == pytest.approx(expected, rel=1e-4)
+        assert terms["teacher_entropy"].item() == pytest.approx(entropy, abs=1e-4)
+    # against the formula exp(−Σ p̄ log p̄), p̄ the teacher's distributions averaged over views and images
+    _, teacher = dino_logits()
+    center = torch.randn(5, generator=torch.Generator().manual_seed(2))
+    p = [[[math.exp((teacher[v, b, j] - center[j]) / 0.04) for j in range(5)] for b in range(6)] for v in range(2)]
+    mean = [sum(row[j] / sum(row) for rows in p for row in rows) / 12 for j in range(5)]
+    expected = math.exp(-sum(m * math.log(m) for m in mean if m > 0))
+    terms = dino_loss(torch.randn(4, 6, 5), teacher, center, 0.1, 0.04)
+    assert terms["prototypes_in_use"].item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_dino_loss_and_center_equal_lightlys():
     from lightly.loss import DINOLoss
 
@@ -322,7 +345,8 @@ def test_a_dino_step_sees_global_and_local_crops_and_moves_the_center(small_batc
         teacher = method.teacher_head(method.teacher_encoder(torch.zeros(1, 1, 28, 28)))  # warm nothing up
     terms = method.training_step(images, None, torch.Generator().manual_seed(0))
     assert seen == [(128, 1, 28, 28), (192, 1, 12, 12)]  # 2 global crops of 64 images, then 3 local ones
-    assert set(terms) == {"loss", "teacher_entropy", "kl"} and 0 < terms["teacher_entropy"] < math.log(64)
+    assert set(terms) == {"loss", "teacher_entropy", "kl", "prototypes_in_use"}
+    assert 0 < terms["teacher_entropy"] < math.log(64) and 1 < terms["prototypes_in_use"] <= 64
     assert teacher.shape == (1, 64) and method.center.abs().sum() > 0
     unchanged = dino(centering=False).train()
     unchanged.training_step(images, None, torch.Generator().manual_seed(0))
@@ -346,3 +370,13 @@ def test_dino_needs_the_resnet_and_sensible_crops():
         DINO(encoder_config("fashion-mnist", "vit"))
     with pytest.raises(ValueError, match="local crops of 8 to 28 pixels"):
         DINO(encoder_config("fashion-mnist"), local_size=4)
+
+
+def test_dinos_embeddings_are_the_students_prototype_cosines_and_the_monitor_measures_them(train_data):
+    images, labels = train_data[0][:640], train_data[1][:640]  # uint8, as the monitor takes them
+    method = dino().eval()
+    embeddings = method.embed(to_float(images[:64]))
+    assert embeddings.shape == (64, 64) and embeddings.abs().max() <= 1 + 1e-5
+    record = monitor(method, images, labels, torch.device("cpu"))
+    assert set(record) == {"knn_validation_accuracy", "embedding_std", "embedding_effective_rank"}
+    assert 0 < record["embedding_std"] and 1 <= record["embedding_effective_rank"] <= 64
