@@ -539,8 +539,8 @@ def add_sweep_parser(subparsers) -> None:
         default=0,
         metavar="N",
         help="every N epochs and at the end, record a kNN accuracy on 2,048 validation images (bank: 10,000 "
-        "training images) and, for joint-embedding methods, the embeddings' mean standard deviation and "
-        "effective rank, in each run's history",
+        "training images) and, for methods with embeddings (the joint-embedding ones and DINO), the "
+        "embeddings' mean standard deviation and effective rank, in each run's history",
     )
     add_short_run_arguments(parser)
     parser.set_defaults(handler=run_sweep)

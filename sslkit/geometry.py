@@ -122,7 +122,7 @@ def effective_rank(values: torch.Tensor) -> float:
 
 @torch.no_grad()
 def embedding_diagnostics(method: torch.nn.Module, images: torch.Tensor, block: int = 32) -> dict:
-    """Collapse diagnostics of a joint-embedding method on uint8 images (no augmentation).
+    """Collapse diagnostics of a method with embeddings (``embed``) on uint8 images (no augmentation).
 
     For the embeddings the loss sees (``method.embed``) and for the encoder features: the
     standard deviation of every embedding dimension, the top-left ``block`` × ``block`` of the
