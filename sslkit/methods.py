@@ -548,7 +548,7 @@ class DINO(Method):
     def training_step(self, images, labels=None, generator=None):
         n = len(images)
         global_views = torch.cat([augment(images, self.augment_config, generator) for _ in range(2)])
-        student = [self.head(self.encoder(global_views))]
+        student = [self.embed(global_views)]
         if self.local_crops:
             local_views = torch.cat(
                 [augment(images, self.local_views(), generator, self.local_size) for _ in range(self.local_crops)]
