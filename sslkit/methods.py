@@ -711,6 +711,7 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec("mae", "MAE", "masked modelling", "vit", MAE),
         MethodSpec("byol", "BYOL", "self-distillation", "resnet", BYOL),
         MethodSpec("simsiam", "SimSiam", "self-distillation", "resnet", SimSiam),
+        MethodSpec("dino", "DINO", "self-distillation", "resnet", DINO),
         MethodSpec("supervised", "Supervised (all labels, ceiling)", "baseline", "resnet", Supervised, False),
         MethodSpec("random", "Random encoder (untrained)", "baseline", "resnet", None, False),
         MethodSpec("random_vit", "Random ViT (untrained, MAE's encoder)", "baseline", "vit", None, False),
