@@ -105,7 +105,7 @@ def test_state_dict_of_another_architecture_is_reported(shipped):
 
 def test_unknown_and_unshipped_names(shipped):
     folder, _, _ = shipped
-    methods = "autoencoder, vae, rotation, simclr, dcl, vicreg, barlow_twins, mae, byol, simsiam"
+    methods = "autoencoder, vae, rotation, simclr, dcl, vicreg, barlow_twins, mae, byol, simsiam, dino"
     with pytest.raises(ValueError, match=methods):
         load_pretrained("simclrr", root=folder)
     with pytest.raises(WeightsError, match="python -m sslkit pretrain vicreg"):
