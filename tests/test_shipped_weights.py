@@ -142,8 +142,8 @@ def test_dino_meets_its_bar_on_the_series_encoder_with_the_common_budget():
     dino, simclr = MANIFEST["dino"], MANIFEST["simclr"]
     assert dino["results"]["linear_probe"]["test_accuracy"] >= 0.880  # issue 22
     assert (dino["epochs"], dino["batch_size"]) == (simclr["epochs"], simclr["batch_size"])
-    assert dino["config"]["encoder_config"] == simclr["config"]["encoder_config"]  # the shared ResNet, a fair comparison
-    assert dino["config"]["centering"] and dino["config"]["local_crops"] > 0  # the recipe the notebook teaches
+    assert dino["config"]["encoder_config"] == simclr["config"]["encoder_config"]  # the shared ResNet
+    assert dino["config"]["centering"] and dino["config"]["local_crops"] > 0  # the recipe notebook 08a teaches
 
 
 @pytest.mark.parametrize(
