@@ -144,6 +144,7 @@ def test_dino_meets_its_bar_on_the_series_encoder_with_the_common_budget():
     assert (dino["epochs"], dino["batch_size"]) == (simclr["epochs"], simclr["batch_size"])
     assert dino["config"]["encoder_config"] == simclr["config"]["encoder_config"]  # the shared ResNet
     assert dino["config"]["centering"] and dino["config"]["local_crops"] > 0  # the recipe notebook 08a teaches
+    assert dino["config"]["teacher_temperature"] < dino["config"]["student_temperature"]  # sharpening
 
 
 @pytest.mark.parametrize(
