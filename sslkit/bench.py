@@ -314,6 +314,7 @@ def bench_training(
     methods,
     compile_model: bool = False,
     dataset: str = DEFAULT_DATASET,
+    rounds: int = 1,
 ) -> dict:
     """Training images/s (one image = all its views) and peak memory of each method.
 
@@ -322,11 +323,37 @@ def bench_training(
     Each method runs in a fresh process, one after the other, so that its peak memory (CUDA's
     allocator peak on a GPU, the rise of resident memory on a CPU) is its own and not memory that
     an earlier method left to the allocator.
+
+    ``rounds``: every method is timed once per round, the rounds one after another, so that a slow
+    drift of the machine (other load, clock changes) falls on every method alike. Each method's
+    result is its median round, with every round's images/s under ``round_images_per_second``.
     """
-    return {
-        name: in_fresh_process(train_throughput, name, str(device), batch_size, steps, compile_model, dataset)
-        for name in methods
-    }
+    runs = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name in methods:
+            runs[name].append(
+                in_fresh_process(train_throughput, name, str(device), batch_size, steps, compile_model, dataset)
+            )
+    return {name: median_round(results) for name, results in runs.items()}
+
+
+def median(values: list[float]) -> float:
+    """The median; for an even count, the lower of the two middle values (a value that was measured)."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def median_round(results: list[dict]) -> dict:
+    """The round with the median images/s, with every round's images/s under
+    ``round_images_per_second``, in the order they ran."""
+    rates = [result["images_per_second"] for result in results]
+    middle = next(result for result in results if result["images_per_second"] == median(rates))
+    return {**middle, "round_images_per_second": rates}
+
+
+def relative_spread(rates: list[float]) -> float:
+    """(highest − lowest) / median of one method's images/s over the rounds: how far one bench
+    figure may move when the same step is timed again in the same run (0 for a single round)."""
+    return (max(rates) - min(rates)) / median(rates)
 
 
 def compile_payoff(

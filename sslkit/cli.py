@@ -18,9 +18,10 @@ from .bench import (
     bench_training,
     compile_payoff,
     in_fresh_process,
+    median,
     peak_matmul_flops,
     peer_simclr_throughput,
-    train_throughput,
+    relative_spread,
 )
 from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, DataNotFoundError, dataset_info
 from .devices import describe_device, mixed_precision_dtype, resolve_device
@@ -708,6 +709,13 @@ def add_bench_parser(subparsers) -> None:
     )
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per method (default 10)")
     parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="time every method (and the peer pipeline) this many times, in rounds, each in a fresh process; "
+        "each figure is the median round, and the spread over the rounds is the bench's noise (default 3)",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=list(TRAINABLE),
@@ -738,26 +746,38 @@ def add_bench_parser(subparsers) -> None:
     parser.set_defaults(handler=run_bench)
 
 
-def print_peer_comparison(device: torch.device, batch_size: int, steps: int, dataset: str, training: dict) -> None:
-    """SimCLR's training images/s in sslkit against the peer pipeline, each timed in a fresh process."""
+def print_peer_comparison(
+    device: torch.device, batch_size: int, steps: int, rounds: int, dataset: str, training: dict
+) -> None:
+    """SimCLR's training images/s in sslkit against the peer pipeline, each timed in fresh processes."""
     try:
         import lightly  # noqa: F401
     except ImportError:
         print("\nlightly is not installed (pip install lightly): skipping the comparison with its pipeline")
         return
-    sslkit_rate = training["simclr"]["images_per_second"] if "simclr" in training else None
-    if sslkit_rate is None:
-        sslkit_rate = in_fresh_process(train_throughput, "simclr", str(device), batch_size, steps, False, dataset)[
-            "images_per_second"
-        ]
-    peer = in_fresh_process(peer_simclr_throughput, str(device), batch_size, steps, dataset)
+    if "simclr" not in training:
+        training = bench_training(device, batch_size, steps, ["simclr"], dataset=dataset, rounds=rounds)
+    sslkit_rates = training["simclr"]["round_images_per_second"]
+    peers = [in_fresh_process(peer_simclr_throughput, str(device), batch_size, steps, dataset) for _ in range(rounds)]
+    peer_rates = [peer["images_per_second"] for peer in peers]
     print(
         f"\nSimCLR training against the pipeline most users would write (torchvision.transforms.v2 in a "
-        f"DataLoader with {peer['workers']} workers, lightly's NTXentLoss), batch {batch_size}, {steps} steps:"
+        f"DataLoader with {peers[0]['workers']} workers, lightly's NTXentLoss), batch {batch_size}, {steps} steps, "
+        f"median of {rounds} rounds:"
     )
-    print(f"  {'sslkit':<12} {sslkit_rate:>10,.0f} images/s")
-    print(f"  {'peer':<12} {peer['images_per_second']:>10,.0f} images/s")
-    print(f"  sslkit / peer: {sslkit_rate / peer['images_per_second']:.2f}x")
+    print(f"  {'sslkit':<12} {median(sslkit_rates):>10,.0f} images/s   {rate_range(sslkit_rates)}")
+    print(f"  {'peer':<12} {median(peer_rates):>10,.0f} images/s   {rate_range(peer_rates)}")
+    print(
+        f"  sslkit / peer: {median(sslkit_rates) / median(peer_rates):.2f}x "
+        f"(from {min(sslkit_rates) / max(peer_rates):.2f}x to {max(sslkit_rates) / min(peer_rates):.2f}x)"
+    )
+
+
+def rate_range(rates: list[float]) -> str:
+    """``rounds 1,790–1,900 (spread 6%)``, or nothing for a single round."""
+    if len(rates) == 1:
+        return ""
+    return f"rounds {min(rates):,.0f}–{max(rates):,.0f} (spread {relative_spread(rates):.0%})"
 
 
 def print_compile_payoff(device: torch.device, args: argparse.Namespace) -> None:
@@ -807,17 +827,27 @@ def run_bench(args: argparse.Namespace) -> int:
     print(
         f"\nTraining throughput, batch {args.batch_size}, {args.steps} steps per method"
         + (", torch.compile" if args.compile else "")
+        + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
         + ":"
     )
-    training = bench_training(device, args.batch_size, args.steps, args.methods, args.compile, args.dataset)
+    training = bench_training(
+        device, args.batch_size, args.steps, args.methods, args.compile, args.dataset, args.rounds
+    )
     memory_kind = "peak CUDA memory" if device.type == "cuda" else "peak rise of resident memory"
     for name, result in training.items():
         print(
             f"  {name:<12} {result['images_per_second']:>10,.0f} images/s "
             f"(~{result['seconds_per_epoch']:.0f} s per epoch of {len(images):,} images), "
-            f"{memory_kind} {result['peak_memory_mib']:.0f} MiB"
+            f"{memory_kind} {result['peak_memory_mib']:.0f} MiB   {rate_range(result['round_images_per_second'])}"
         )
-    print_peer_comparison(device, args.batch_size, args.steps, args.dataset, training)
+    if args.rounds > 1:
+        spreads = {name: relative_spread(result["round_images_per_second"]) for name, result in training.items()}
+        widest = max(spreads, key=spreads.get)
+        print(
+            f"  the bench's noise: the same step timed {args.rounds} times in this run moves by up to "
+            f"{spreads[widest]:.0%} ({widest}); a ratio of two methods closer to 1 than that is no difference"
+        )
+    print_peer_comparison(device, args.batch_size, args.steps, args.rounds, args.dataset, training)
     dtype = mixed_precision_dtype(device)
     peak = peak_matmul_flops(device, dtype)
     precision = str(dtype or torch.float32).removeprefix("torch.")
@@ -834,6 +864,7 @@ def run_bench(args: argparse.Namespace) -> int:
             describe_device(device),
             args.batch_size,
             args.steps,
+            args.rounds,
             args.command_line,
             args.dataset,
             args.weights,

@@ -617,11 +617,13 @@ def record_costs(
     device: str,
     batch_size: int,
     steps: int,
+    rounds: int,
     command: str,
     dataset: str = DEFAULT_DATASET,
     root: Path | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Store one bench run's training cost in the manifest entry of every shipped method it timed.
+    """Store one bench run's training cost in the manifest entry of every shipped method it timed:
+    its median round, with every round's images/s (``training`` as ``bench.bench_training`` returns it).
 
     All methods of one run share the device, the batch size and the command, so the costs in the
     README are comparable with each other (never with a run on another machine). Costs an earlier
@@ -640,8 +642,10 @@ def record_costs(
                 "seconds_per_epoch": round(result["seconds_per_epoch"], 1),
                 "peak_memory_mib": round(result["peak_memory_mib"], 1),
                 "device": device,
+                "round_images_per_second": [round(rate, 1) for rate in result["round_images_per_second"]],
                 "batch_size": batch_size,
                 "steps": steps,
+                "rounds": rounds,
                 "command": command,
             }
     return recorded, removed

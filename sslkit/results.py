@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .bench import relative_spread
 from .methods import SPECS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -49,9 +50,23 @@ def bench_note(manifest: dict) -> str:
             "--record` for all methods at once so that they are comparable"
         )
     device, command = runs.pop()
-    return (
+    note = (
         f"Cost columns: training images/s (one image = all its views) and seconds per epoch of 60,000 "
         f"images, measured side by side in one run of `{command}` on {device}."
+    )
+    rounds = {cost.get("rounds", 1) for cost in costs}
+    if rounds == {1}:
+        return note + " Each method was timed once, so the table does not show how much a figure moves."
+    spreads = {
+        name: relative_spread(entry["results"]["cost"]["round_images_per_second"])
+        for name, entry in manifest["methods"].items()
+        if "cost" in entry["results"]
+    }
+    widest = max(spreads, key=spreads.get)
+    return note + (
+        f" Each figure is the median of {rounds.pop()} rounds (every method timed once per round); within the run "
+        f"one method's figure moved by up to {spreads[widest]:.0%} ({SPECS[widest].title}), so closer figures "
+        f"are not a difference."
     )
 
 

@@ -66,3 +66,14 @@ def test_the_compile_payoff_refuses_options_it_ignores():
     from sslkit.cli import main
 
     assert main(["bench", "--compile-payoff", "1", "--record"]) == 2
+
+
+def test_a_method_s_figure_is_its_median_round_and_its_noise_the_spread_of_the_rounds():
+    from sslkit.bench import median_round, relative_spread
+
+    rounds = [{"images_per_second": rate, "round": i} for i, rate in enumerate([1_000.0, 1_200.0, 900.0])]
+    middle = median_round(rounds)
+    assert middle["round"] == 0 and middle["round_images_per_second"] == [1_000.0, 1_200.0, 900.0]
+    assert median_round(rounds[:2])["round"] == 0  # an even count: the lower middle, a value that was measured
+    assert relative_spread([1_000.0, 1_200.0, 900.0]) == pytest.approx(0.3)  # (1,200 - 900) / 1,000
+    assert relative_spread([1_000.0]) == 0

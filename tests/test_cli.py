@@ -283,6 +283,8 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
         "2",
         "--steps",
         "1",
+        "--rounds",
+        "2",
         "--methods",
         "simclr",
         "rotation",
@@ -295,7 +297,12 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
     assert "simclr" in result.stdout and "images/s" in result.stdout
     assert "peak rise of resident memory" in result.stdout  # CPU memory, as CUDA's allocator peak on a GPU
     assert re.search(r"simclr +[\d,.]+ GFLOP/s +[\d.]+% of the peak", result.stdout)  # the step against a matmul
-    assert re.search(r"peer +[\d,]+ images/s\n  sslkit / peer: [\d.]+x", result.stdout)  # lightly's pipeline
+    assert re.search(
+        r"peer +[\d,]+ images/s +rounds [\d,]+–[\d,]+ \(spread \d+%\)\n  sslkit / peer: [\d.]+x \(from", result.stdout
+    )
+    assert "median of 2 rounds" in result.stdout and re.search(
+        r"moves by up to \d+% \((simclr|rotation)\)", result.stdout
+    )
     assert "recorded results.cost for simclr, rotation" in result.stdout
     assert "removed the costs of" in result.stdout and "dcl" in result.stdout  # shipped costs come from another run
 
@@ -304,7 +311,8 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
     assert costs["dcl"] is None and costs["simclr"]["command"] == costs["rotation"]["command"]
     for name in ("simclr", "rotation"):
         cost = costs[name]
-        assert cost["batch_size"] == 32 and cost["images_per_second"] > 0
+        assert cost["batch_size"] == 32 and cost["images_per_second"] > 0 and cost["rounds"] == 2
+        assert cost["images_per_second"] == min(cost["round_images_per_second"])  # the median of two: the lower
         assert cost["seconds_per_epoch"] == pytest.approx(60_000 // 32 * 32 / cost["images_per_second"], rel=0.01)
     table = results_table(manifest)
     simclr_row = next(line for line in table.splitlines() if line.startswith("| SimCLR |"))
@@ -312,6 +320,7 @@ def test_bench_prints_the_ratios_and_records_costs_that_the_results_table_shows(
     dcl_row = next(line for line in table.splitlines() if line.startswith("| DCL |"))
     assert dcl_row.endswith(f"| – | – | {manifest['methods']['dcl']['device']} |")  # not timed in this run
     assert f"one run of `{costs['simclr']['command']}`" in table
+    assert "Each figure is the median of 2 rounds" in table and "moved by up to" in table
     manifest["methods"]["rotation"]["results"]["cost"]["device"] = "another machine"
     with pytest.raises(ValueError, match="more than one bench run"):
         results_table(manifest)
