@@ -58,6 +58,30 @@ GRIDS: dict[str, tuple[tuple[str, tuple], ...]] = {
     ),
     "vae": (DECAY, ("beta", (0.5, 1.0, 2.0, 4.0)), ("latent_dim", (16, 32, 64))),
     "rotation": (DECAY, ("crop_min_area", (0.25, 0.6, 1.0)), ("head_hidden_dim", (128, 256, 512))),
+    "barlow_twins": (
+        DECAY,
+        ("lr", (1e-3, 3e-3, 1e-2)),
+        ("redundancy_weight", (2.5e-3, 5e-3, 1e-2)),
+        ("projector_dim", (512, 1024, 2048)),
+    ),
+    "byol": (
+        DECAY,
+        ("lr", (0.05, 0.1, 0.2)),
+        ("base_momentum", (0.98, 0.99, 0.996)),
+        ("predictor_hidden_dim", (128, 512)),
+    ),
+    "simsiam": (
+        DECAY,
+        ("lr", (0.025, 0.05, 0.1)),
+        ("weight_decay", (1e-4, 5e-4)),
+        ("predictor_hidden_dim", (32, 128, 512)),
+    ),
+    "dino": (
+        DECAY,
+        ("lr", (3e-4, 1e-3, 3e-3)),
+        ("teacher_temperature", (0.02, 0.04, 0.07)),
+        ("prototypes", (256, 1024, 4096)),
+    ),
     "mae": (
         DECAY,
         ("mask_ratio", (0.5, 0.65, 0.75, 0.85)),
