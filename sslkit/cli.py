@@ -488,7 +488,8 @@ def add_sweep_parser(subparsers) -> None:
             "e.g. beta or temperature, or a training setting such as lr or batch_size) and everything else at "
             "the shipped recipe, then fit the linear probe on the training split and score it on the validation "
             "split (the test set is never used). Prints and stores, under results.sweeps.PARAM of METHOD's "
-            "manifest entry, each run's last-epoch training metrics and its validation accuracy."
+            "manifest entry, each run's last-epoch training metrics and its validation accuracy. PARAM epochs "
+            "makes each VALUE a run's length (what a longer budget buys; each run's schedule ends at its length)."
         ),
     )
     parser.add_argument("method", choices=TRAINABLE, metavar="METHOD", help=f"one of: {', '.join(TRAINABLE)}")
@@ -501,7 +502,9 @@ def add_sweep_parser(subparsers) -> None:
         help="its values: numbers, or for PARAM views the names of view sets (all, no_crop, no_jitter, no_blur, "
         "crop_only: SimCLR's views with one part taken out, or crops and flips alone)",
     )
-    parser.add_argument("--epochs", type=positive_int, default=5, help="epochs per run (default 5)")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help="epochs per run (default 5; not with PARAM epochs)"
+    )
     parser.add_argument(
         "--set",
         type=fixed_setting,
@@ -552,13 +555,15 @@ def run_sweep(args: argparse.Namespace) -> None:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"--set names {', '.join(repeated)} more than once; give each setting one value")
+    if args.param == "epochs" and args.epochs is not None:
+        raise ValueError("with PARAM epochs each VALUE is a run's length: leave out --epochs")
     sweep = Sweep(
         method=args.method,
         param=args.param,
         values=args.values,
         fixed=dict(args.set),
         seeds=tuple(args.seeds),
-        epochs=args.epochs,
+        epochs=args.epochs or 5,
         warmup_epochs=args.warmup_epochs,
         lr_scaling=args.lr_scaling,
         diagnostics=args.diagnostics,

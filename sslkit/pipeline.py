@@ -457,7 +457,8 @@ class Sweep:
 
     ``fixed`` holds other settings at a value of their own in every run (e.g. BYOL's momentum held
     constant while ``base_momentum`` varies); such a sweep is stored under ``"PARAM, NAME=VALUE"``,
-    beside the sweep of PARAM alone."""
+    beside the sweep of PARAM alone. ``param == "epochs"`` sweeps the budget: each value is a run's
+    length (and ``epochs`` is unused), its cosine schedule ending at zero at that length."""
 
     method: str
     param: str  # a method setting (beta, temperature, ...) or a training one (lr, batch_size, ...)
@@ -477,7 +478,7 @@ class Sweep:
 
     def check(self) -> None:
         """A clear error for a setting the method does not have, or options that do not fit it."""
-        settings = set(method_settings(self.method)) | set(SWEEPABLE_TRAIN_SETTINGS)
+        settings = set(method_settings(self.method)) | set(SWEEPABLE_TRAIN_SETTINGS) | {"epochs"}
         if issubclass(method_class(self.method), JointEmbedding):
             settings.add("views")
         if method_class(self.method).default_views is not None:
@@ -489,6 +490,8 @@ class Sweep:
         if self.param in self.fixed:
             raise ValueError(f"{self.param} is the setting the sweep varies; it cannot also be held fixed")
         for name, value in self.fixed.items():
+            if name == "epochs":
+                raise ValueError("the length of every run is --epochs, not --set epochs=N")
             if name == "views" or name in VIEW_SETTINGS or not isinstance(value, (int, float)):
                 raise ValueError(f"a fixed setting takes a number and is not a view setting, got {name}={value!r}")
         if self.param == "views":
@@ -499,6 +502,8 @@ class Sweep:
                 raise ValueError(f"the view ablation is defined for greyscale images, not {self.dataset}'s colour ones")
         elif any(isinstance(value, str) for value in self.values):
             raise ValueError(f"{self.param} takes numbers, got {self.values}")
+        elif self.param == "epochs" and not all(isinstance(value, int) and value > 0 for value in self.values):
+            raise ValueError(f"epochs takes whole numbers of at least 1, got {self.values}")
         elif self.param in VIEW_SETTINGS:  # the values must make views, before any run starts
             views = build_method(self.method, self.dataset).augment_config
             for value in self.values:
@@ -516,7 +521,9 @@ class Sweep:
         """What every run of the sweep shares; a recorded sweep with other settings is not resumed."""
         recipe = method_class(self.method).recipe
         warmup = recipe["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs
-        settings = {"epochs": self.epochs, "warmup_epochs": warmup, "lr_scaling": self.lr_scaling}
+        settings = {"warmup_epochs": warmup, "lr_scaling": self.lr_scaling}
+        if self.param != "epochs":  # a budget sweep's runs have their value as their length
+            settings = {"epochs": self.epochs, **settings}
         if self.fixed:
             settings["fixed"] = dict(sorted(self.fixed.items()))
         if self.monitor_every:
@@ -543,8 +550,9 @@ class Sweep:
         }
 
     def varied(self, value) -> dict:
-        """What one run changes from the shipped recipe: the fixed settings and PARAM=value."""
-        return {**self.fixed, self.param: value}
+        """What one run changes from the shipped recipe: the fixed settings and PARAM=value (a budget
+        sweep's value is the run's length, which ``train_config`` sets)."""
+        return self.fixed if self.param == "epochs" else {**self.fixed, self.param: value}
 
     def train_config(self, value, seed: int) -> TrainConfig:
         recipe = {**method_class(self.method).recipe, "warmup_epochs": self.settings()["warmup_epochs"]}
@@ -552,7 +560,8 @@ class Sweep:
         if self.lr_scaling != "none":
             ratio = value / TrainConfig.batch_size
             recipe["lr"] *= ratio if self.lr_scaling == "linear" else ratio**0.5
-        return TrainConfig(epochs=self.epochs, seed=seed, steps_per_epoch=self.steps_per_epoch, **recipe)
+        epochs = value if self.param == "epochs" else self.epochs
+        return TrainConfig(epochs=epochs, seed=seed, steps_per_epoch=self.steps_per_epoch, **recipe)
 
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
         """Train one run and score it on the validation split; its record."""

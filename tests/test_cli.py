@@ -470,6 +470,44 @@ def test_a_sweep_holds_its_fixed_settings_in_every_run_and_is_stored_under_its_o
     assert sweeps.get("beta") == shipped.get("beta")  # the sweep of beta alone is another record, left as it was
 
 
+def test_a_budget_sweep_trains_each_run_for_its_value_of_epochs_with_its_own_schedule(tmp_path, monkeypatch):
+    import sslkit.pipeline
+    from sslkit.pipeline import Sweep
+    from sslkit.weights import weights_dir
+
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
+    configs = []
+
+    def spy(method, images, labels, config, *args, **kwargs):
+        configs.append(config)
+        return train(method, images, labels, config, *args, **kwargs)
+
+    train = sslkit.pipeline.train
+    monkeypatch.setattr(sslkit.pipeline, "train", spy)
+    sweep = Sweep("rotation", "epochs", [1, 2], warmup_epochs=1, root=tmp_path, limit=600, steps_per_epoch=1)
+    runs = sweep.run(torch.device("cpu"), report=lambda *_: None)
+    assert [(config.epochs, config.warmup_epochs) for config in configs] == [(1, 1), (2, 1)]
+    assert [run["value"] for run in runs] == [1, 2]
+    record = json.loads((tmp_path / "manifest.json").read_text())["methods"]["rotation"]["results"]["sweeps"]["epochs"]
+    assert "epochs" not in record and [run["value"] for run in record["runs"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["epochs", "10", "--epochs", "5"], "leave out --epochs"),
+        (["epochs", "0.5"], "epochs takes whole numbers"),
+        (["beta", "0.5", "--set", "epochs=3"], "not --set epochs=N"),
+    ],
+)
+def test_a_budget_sweep_refuses_a_second_length(arguments, message, tmp_path, capsys):
+    from sslkit.weights import weights_dir
+
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
+    code = main(["sweep", "vae", *arguments, "--weights", str(tmp_path), "--limit", "600"])
+    assert code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
