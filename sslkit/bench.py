@@ -356,6 +356,13 @@ def relative_spread(rates: list[float]) -> float:
     return (max(rates) - min(rates)) / median(rates)
 
 
+def widest_spread(rates: dict[str, list[float]]) -> tuple[str, float]:
+    """The method whose images/s spread most over the rounds, and that spread: the bench's noise."""
+    spreads = {name: relative_spread(values) for name, values in rates.items()}
+    widest = max(spreads, key=spreads.get)
+    return widest, spreads[widest]
+
+
 def compile_payoff(
     name: str, device: torch.device, batch_size: int, steps: int, repeats: int, dataset: str = DEFAULT_DATASET
 ) -> dict:

@@ -22,6 +22,7 @@ from .bench import (
     peak_matmul_flops,
     peer_simclr_throughput,
     relative_spread,
+    widest_spread,
 )
 from .data import DEFAULT_DATASET, PRETRAIN_DATASETS, DataNotFoundError, dataset_info
 from .devices import describe_device, mixed_precision_dtype, resolve_device
@@ -563,7 +564,7 @@ def run_sweep(args: argparse.Namespace) -> None:
         values=args.values,
         fixed=dict(args.set),
         seeds=tuple(args.seeds),
-        epochs=args.epochs or 5,
+        epochs=args.epochs or Sweep.epochs,
         warmup_epochs=args.warmup_epochs,
         lr_scaling=args.lr_scaling,
         diagnostics=args.diagnostics,
@@ -767,8 +768,9 @@ def print_peer_comparison(
     peer_rates = [peer["images_per_second"] for peer in peers]
     print(
         f"\nSimCLR training against the pipeline most users would write (torchvision.transforms.v2 in a "
-        f"DataLoader with {peers[0]['workers']} workers, lightly's NTXentLoss), batch {batch_size}, {steps} steps, "
-        f"median of {rounds} rounds:"
+        f"DataLoader with {peers[0]['workers']} workers, lightly's NTXentLoss), batch {batch_size}, {steps} steps"
+        + (f", median of {rounds} rounds" if rounds > 1 else "")
+        + ":"
     )
     print(f"  {'sslkit':<12} {median(sslkit_rates):>10,.0f} images/s   {rate_range(sslkit_rates)}")
     print(f"  {'peer':<12} {median(peer_rates):>10,.0f} images/s   {rate_range(peer_rates)}")
@@ -846,11 +848,10 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{memory_kind} {result['peak_memory_mib']:.0f} MiB   {rate_range(result['round_images_per_second'])}"
         )
     if args.rounds > 1:
-        spreads = {name: relative_spread(result["round_images_per_second"]) for name, result in training.items()}
-        widest = max(spreads, key=spreads.get)
+        widest, spread = widest_spread({name: result["round_images_per_second"] for name, result in training.items()})
         print(
             f"  the bench's noise: the same step timed {args.rounds} times in this run moves by up to "
-            f"{spreads[widest]:.0%} ({widest}); a ratio of two methods closer to 1 than that is no difference"
+            f"{spread:.0%} ({widest}); a ratio of two methods closer to 1 than that is no difference"
         )
     print_peer_comparison(device, args.batch_size, args.steps, args.rounds, args.dataset, training)
     dtype = mixed_precision_dtype(device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench import relative_spread
+from .bench import widest_spread
 from .methods import SPECS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -40,10 +40,14 @@ def cost_cells(results: dict) -> str:
 
 def bench_note(manifest: dict) -> str:
     """The line under the table that says where and how the costs were measured."""
-    costs = [entry["results"]["cost"] for entry in manifest.get("methods", {}).values() if "cost" in entry["results"]]
+    costs = {
+        name: entry["results"]["cost"]
+        for name, entry in manifest.get("methods", {}).items()
+        if "cost" in entry["results"]
+    }
     if not costs:
         return "Cost columns: not measured yet (`python -m sslkit bench --record`)."
-    runs = {(cost["device"], cost["command"]) for cost in costs}
+    runs = {(cost["device"], cost["command"]) for cost in costs.values()}
     if len(runs) > 1:
         raise ValueError(
             "the recorded costs come from more than one bench run; re-run `python -m sslkit bench "
@@ -54,18 +58,13 @@ def bench_note(manifest: dict) -> str:
         f"Cost columns: training images/s (one image = all its views) and seconds per epoch of 60,000 "
         f"images, measured side by side in one run of `{command}` on {device}."
     )
-    rounds = {cost.get("rounds", 1) for cost in costs}
+    rounds = {cost.get("rounds", 1) for cost in costs.values()}
     if rounds == {1}:
         return note + " Each method was timed once, so the table does not show how much a figure moves."
-    spreads = {
-        name: relative_spread(entry["results"]["cost"]["round_images_per_second"])
-        for name, entry in manifest["methods"].items()
-        if "cost" in entry["results"]
-    }
-    widest = max(spreads, key=spreads.get)
+    widest, spread = widest_spread({name: cost["round_images_per_second"] for name, cost in costs.items()})
     return note + (
         f" Each figure is the median of {rounds.pop()} rounds (every method timed once per round); within the run "
-        f"one method's figure moved by up to {spreads[widest]:.0%} ({SPECS[widest].title}), so closer figures "
+        f"one method's figure moved by up to {spread:.0%} ({SPECS[widest].title}), so closer figures "
         f"are not a difference."
     )
 
