@@ -180,13 +180,18 @@ class RecipeSearch:
             protocol["smoke"] = {"limit": self.limit, "steps_per_epoch": self.steps_per_epoch}
         return protocol
 
-    def score(self, settings: dict, seed: int) -> float | None:
-        """The validation accuracy of the recorded run with these changed settings and seed, if any."""
+    def recorded_run(self, settings: dict, seed: int) -> dict | None:
+        """The recorded run with these changed settings and seed, if any."""
         name = changed(self.method, settings, self.dataset)  # once, not for every recorded run
         for run in self.record().get("runs", []):
             if run["seed"] == seed and run["settings"] == name:
-                return run["validation_accuracy"]
+                return run
         return None
+
+    def score(self, settings: dict, seed: int) -> float | None:
+        """The validation accuracy of the recorded run with these changed settings and seed, if any."""
+        run = self.recorded_run(settings, seed)
+        return None if run is None else run["validation_accuracy"]
 
     def kept(self) -> dict:
         """The changed settings kept by the decisions so far."""
@@ -234,6 +239,8 @@ class RecipeSearch:
         lead = scores[best] - current_score
         replaces = not same(values[best], current) and lead > threshold
         new = values[best] if replaces else current
+        compared = [({}, seed) for seed in NOISE_SEEDS] + [({**kept, setting: value}, SEED) for value in values]
+        devices = sorted({self.recorded_run(*run).get("device", "not recorded") for run in compared})
         return {
             "setting": setting,
             "values": [as_stored(value) for value in values],
@@ -243,6 +250,7 @@ class RecipeSearch:
             "lead": round(lead, 6),
             "threshold": round(threshold, 6),
             "kept": as_stored(new),
+            "devices": devices,  # of the runs it rests on, the noise runs included (design §13, Machines)
         }
 
     def train_one(self, settings: dict, seed: int, images, labels, device: torch.device) -> dict:
@@ -294,7 +302,9 @@ def describe_decision(decision: dict) -> str:
         if not same(decision["kept"], decision["current"])
         else f"{decision['current']} stays"
     )
+    devices = decision.get("devices", [])
+    mixed = f" (the runs compared trained on {' and on '.join(devices)})" if len(devices) > 1 else ""
     return (
         f"{decision['setting']}: {scores}; best {decision['best']} leads by {100 * decision['lead']:.2f} "
-        f"points against a threshold of {100 * decision['threshold']:.2f}: {verdict}"
+        f"points against a threshold of {100 * decision['threshold']:.2f}: {verdict}{mixed}"
     )

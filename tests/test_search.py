@@ -106,6 +106,23 @@ def test_the_search_keeps_a_value_only_beyond_the_noise_and_resumes_without_retr
     assert search.next_step() is None
 
 
+def test_a_decision_records_the_devices_of_the_runs_it_rests_on(root, monkeypatch):
+    _, short_run = fake_scores("vae")
+    monkeypatch.setattr(sslkit.search, "short_run", short_run)
+    monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
+    bf16, fp32 = "cpu (A), bfloat16 autocast", "cpu (B), float32"
+    search = RecipeSearch("vae", root=root)
+    monkeypatch.setattr(sslkit.search, "describe_device", lambda _: bf16)
+    search.run(torch.device("cpu"), max_runs=4, report=lambda *_: None)  # the noise runs and decay 0
+    monkeypatch.setattr(sslkit.search, "describe_device", lambda _: fp32)
+    search.run(torch.device("cpu"), max_runs=3, report=lambda *_: None)  # β 0.5, 2 and 4 on another machine
+    decay, beta = search.record()["decisions"]
+    assert decay["devices"] == [bf16]
+    assert "trained on" not in describe_decision(decay)
+    assert beta["devices"] == [bf16, fp32]  # β = 1 is the shipped recipe's seed-0 noise run
+    assert describe_decision(beta).endswith(f"(the runs compared trained on {bf16} and on {fp32})")
+
+
 def test_runs_of_another_protocol_are_not_mixed_in(root, monkeypatch):
     _, short_run = fake_scores("rotation")
     monkeypatch.setattr(sslkit.search, "short_run", short_run)
