@@ -293,18 +293,51 @@ class RecipeSearch:
 
 
 def describe_decision(decision: dict) -> str:
+    """A decision in two lines, three where its runs trained on several devices: the score of each
+    value, then what it kept and why."""
     scores = ", ".join(
         f"{value}: {100 * score:.2f}%"
         for value, score in zip(decision["values"], decision["validation_accuracy"], strict=True)
     )
-    verdict = (
-        f"{decision['kept']} replaces {decision['current']}"
-        if not same(decision["kept"], decision["current"])
-        else f"{decision['current']} stays"
-    )
+    lead, threshold = f"{100 * decision['lead']:.2f}", f"{100 * decision['threshold']:.2f}"
+    if not same(decision["kept"], decision["current"]):
+        verdict = f"{decision['kept']} replaces {decision['current']}: it leads by {lead} points, beyond {threshold}"
+    elif same(decision["best"], decision["current"]):
+        verdict = f"{decision['current']} stays: it scores best"
+    else:
+        verdict = (
+            f"{decision['current']} stays: the best, {decision['best']}, leads by {lead} points, within {threshold}"
+        )
+    lines = [f"{decision['setting']}: {scores}", f"    {verdict}"]
     devices = decision.get("devices", [])
-    mixed = f" (the runs compared trained on {' and on '.join(devices)})" if len(devices) > 1 else ""
-    return (
-        f"{decision['setting']}: {scores}; best {decision['best']} leads by {100 * decision['lead']:.2f} "
-        f"points against a threshold of {100 * decision['threshold']:.2f}: {verdict}{mixed}"
+    if len(devices) > 1:
+        lines.append(f"    the runs compared trained on {len(devices)} devices: {'; '.join(devices)}")
+    return "\n".join(lines)
+
+
+def describe_search(method: str, dataset: str = DEFAULT_DATASET, root: Path | None = None) -> str:
+    """``method``'s recorded search as text: the seed noise, then every decision in the order taken."""
+    search = RecipeSearch(method, dataset, root)
+    record = search.record()
+    if not record:
+        raise ValueError(f"{method} has no recorded search: run python -m sslkit search {method}")
+    noise_scores = [search.score({}, seed) for seed in NOISE_SEEDS]
+    lines = [f"{method}: {len(record['runs'])} runs of {EPOCHS} epochs, scored by the probe on the validation split"]
+    if None in noise_scores:
+        lines.append(f"seed noise: not yet measured (python -m sslkit search {method} goes on with it)")
+    else:
+        sigma = search.noise()
+        threshold = 100 * LEAD_IN_NOISE_UNITS * sigma
+        lines += [
+            f"seed noise: the shipped recipe with seeds {', '.join(map(str, NOISE_SEEDS))} scores "
+            + ", ".join(f"{100 * score:.2f}%" for score in noise_scores)
+            + f"; σ = {100 * sigma:.2f} points,",
+            f"    so a value must lead the kept one by more than 2·√2·σ = {threshold:.2f} points",
+        ]
+    lines += [describe_decision(decision) for decision in record.get("decisions", [])]
+    decided = len(record.get("decisions", []))
+    lines.append(
+        f"settings kept: {search.kept() or 'those of the shipped recipe'}"
+        + ("" if decided == len(GRIDS[method]) else f" ({decided} of {len(GRIDS[method])} settings decided)")
     )
+    return "\n".join(lines)

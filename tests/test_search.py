@@ -9,7 +9,16 @@ import torch
 
 import sslkit.search
 from sslkit.pipeline import build_varied_method, method_settings_of
-from sslkit.search import GRIDS, NOISE_SEEDS, RecipeSearch, changed, describe_decision, shipped_value, train_config
+from sslkit.search import (
+    GRIDS,
+    NOISE_SEEDS,
+    RecipeSearch,
+    changed,
+    describe_decision,
+    describe_search,
+    shipped_value,
+    train_config,
+)
 from sslkit.weights import weights_dir
 
 
@@ -101,9 +110,25 @@ def test_the_search_keeps_a_value_only_beyond_the_noise_and_resumes_without_retr
     assert decisions["jitter_strength"]["kept"] == 0.6  # measured with crop area 0.4 kept
     assert decisions["temperature"]["kept"] == 0.3
     assert search.kept() == {"crop_min_area": 0.4, "jitter_strength": 0.6}
-    assert "0.6 replaces 0.4" in describe_decision(decisions["jitter_strength"])
-    assert "1 stays" in describe_decision(decisions["decay_every_parameter"])
+    assert "0.6 replaces 0.4: it leads by 0.30 points, beyond 0.28" in describe_decision(decisions["jitter_strength"])
+    assert "1 stays: the best, 0, leads by 0.20 points, within 0.28" in describe_decision(
+        decisions["decay_every_parameter"]
+    )
+    assert "0.3 stays: it scores best" in describe_decision(decisions["temperature"])
     assert search.next_step() is None
+
+    summary = describe_search("simclr", root=root).splitlines()
+    assert summary[0] == "simclr: 14 runs of 20 epochs, scored by the probe on the validation split"
+    assert summary[1].startswith("seed noise: the shipped recipe with seeds 0, 1, 2 scores 85.00%, 85.10%, 85.20%")
+    assert summary[2].endswith("2·√2·σ = 0.28 points")
+    assert summary[3:5] == describe_decision(decisions["decay_every_parameter"]).splitlines()
+    assert summary[-1] == "settings kept: {'crop_min_area': 0.4, 'jitter_strength': 0.6}"
+    assert len(summary) == 3 + 2 * len(GRIDS["simclr"]) + 1  # one device: no device lines
+
+
+def test_a_method_without_a_search_says_how_to_run_one(root):
+    with pytest.raises(ValueError, match="run python -m sslkit search dcl"):
+        describe_search("dcl", root=root)
 
 
 def test_a_decision_records_the_devices_of_the_runs_it_rests_on(root, monkeypatch):
@@ -120,7 +145,7 @@ def test_a_decision_records_the_devices_of_the_runs_it_rests_on(root, monkeypatc
     assert decay["devices"] == [bf16]
     assert "trained on" not in describe_decision(decay)
     assert beta["devices"] == [bf16, fp32]  # β = 1 is the shipped recipe's seed-0 noise run
-    assert describe_decision(beta).endswith(f"(the runs compared trained on {bf16} and on {fp32})")
+    assert describe_decision(beta).endswith(f"the runs compared trained on 2 devices: {bf16}; {fp32}")
 
 
 def test_runs_of_another_protocol_are_not_mixed_in(root, monkeypatch):
