@@ -32,6 +32,11 @@ SEED = 0  # every run of a setting's grid
 LEAD_IN_NOISE_UNITS = 2 * math.sqrt(2)  # a value must lead the kept one by this many σ to replace it
 
 DECAY = ("decay_every_parameter", (1, 0))
+# What a setting's values mean, where its name does not say it.
+GLOSSES = {
+    "decay_every_parameter": "1: weight decay on every parameter; "
+    "0: none on biases, normalisation layers or mask tokens",
+}
 CONTRASTIVE = (
     DECAY,
     ("temperature", (0.1, 0.2, 0.3, 0.5)),
@@ -293,8 +298,8 @@ class RecipeSearch:
 
 
 def describe_decision(decision: dict) -> str:
-    """A decision in two lines, three where its runs trained on several devices: the score of each
-    value, then what it kept and why."""
+    """A decision in a few lines: the score of each value (and what the values mean, where the
+    setting's name does not say it), what it kept and why, and the devices where its runs mix them."""
     scores = ", ".join(
         f"{value}: {100 * score:.2f}%"
         for value, score in zip(decision["values"], decision["validation_accuracy"], strict=True)
@@ -309,6 +314,8 @@ def describe_decision(decision: dict) -> str:
             f"{decision['current']} stays: the best, {decision['best']}, leads by {lead} points, within {threshold}"
         )
     lines = [f"{decision['setting']}: {scores}", f"    {verdict}"]
+    if decision["setting"] in GLOSSES:
+        lines.insert(1, f"    ({GLOSSES[decision['setting']]})")
     devices = decision.get("devices", [])
     if len(devices) > 1:
         lines.append(f"    the runs compared trained on {len(devices)} devices: {'; '.join(devices)}")

@@ -121,9 +121,12 @@ def test_the_search_keeps_a_value_only_beyond_the_noise_and_resumes_without_retr
     assert summary[0] == "simclr: 14 runs of 20 epochs, scored by the probe on the validation split"
     assert summary[1].startswith("seed noise: the shipped recipe with seeds 0, 1, 2 scores 85.00%, 85.10%, 85.20%")
     assert summary[2].endswith("2·√2·σ = 0.28 points")
-    assert summary[3:5] == describe_decision(decisions["decay_every_parameter"]).splitlines()
+    assert summary[3:6] == describe_decision(decisions["decay_every_parameter"]).splitlines()
+    assert (
+        summary[4] == "    (1: weight decay on every parameter; 0: none on biases, normalisation layers or mask tokens)"
+    )
     assert summary[-1] == "settings kept: {'crop_min_area': 0.4, 'jitter_strength': 0.6}"
-    assert len(summary) == 3 + 2 * len(GRIDS["simclr"]) + 1  # one device: no device lines
+    assert len(summary) == 3 + 2 * len(GRIDS["simclr"]) + 1 + 1  # the decay gloss; one device: no device lines
 
 
 def test_a_method_without_a_search_says_how_to_run_one(root):
