@@ -41,6 +41,7 @@ from .pipeline import (
     record_fine_tune,
     remeasure_shipped,
 )
+from .replicate import replicate
 from .results import README, render_readme, results_table
 from .train import CheckpointMismatchError, NonFiniteLossError
 from .transfer import TRANSFER_REPEATS, load_imagenet_resnet18, transfer
@@ -619,6 +620,54 @@ def run_search(args: argparse.Namespace) -> None:
     print(f"{args.method}: search {'finished' if finished else 'stopped'}; settings kept so far: {kept}")
 
 
+# ---------------------------------------------------------------------------------------- replicate
+
+
+def add_replicate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "replicate",
+        help="train METHOD's shipped recipe again with another seed and record how far its results move",
+        description=(
+            "Rebuild METHOD from its manifest entry (the shipped run's settings and training config), train it "
+            "with --seed, resuming from --checkpoint if it exists, score it with the linear probe (chosen on the "
+            "validation split) and kNN on the test split, and record the result under results.replicates of "
+            "METHOD's entry. The weights are not published: the shipped run stays the one the notebooks load."
+        ),
+    )
+    parser.add_argument("method", choices=TRAINABLE, metavar="METHOD", help=f"one of: {', '.join(TRAINABLE)}")
+    parser.add_argument("--seed", type=int, default=1, help="the replicate's seed (default 1; the shipped run is 0)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.seedSEED.ckpt)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_short_run_arguments(parser)
+    parser.set_defaults(handler=run_replicate)
+
+
+def run_replicate(args: argparse.Namespace) -> None:
+    record = replicate(
+        args.method,
+        args.seed,
+        resolve_device(args.device),
+        dataset=args.dataset,
+        root=args.weights,
+        checkpoint=args.checkpoint,
+        command=args.command_line,
+        progress=not args.no_progress,
+        limit=args.limit,
+        steps_per_epoch=args.steps_per_epoch,
+    )
+    shipped = manifest_entry(args.method, args.dataset, args.weights)["results"]
+    print(
+        f"{args.method} seed {args.seed}: linear probe {100 * record['linear_probe']:.2f}% "
+        f"(shipped seed {100 * shipped['linear_probe']['test_accuracy']:.2f}%), kNN {100 * record['knn']:.2f}% "
+        f"(shipped {100 * shipped['knn']['test_accuracy']:.2f}%); recorded under results.replicates"
+    )
+
+
 # ---------------------------------------------------------------------------------------- results
 
 
@@ -901,6 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(subparsers)
     add_sweep_parser(subparsers)
     add_search_parser(subparsers)
+    add_replicate_parser(subparsers)
     add_bench_parser(subparsers)
     add_results_parser(subparsers)
     return parser

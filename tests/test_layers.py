@@ -21,7 +21,7 @@ LAYERS = (
     ("L3 training", ("train",)),
     ("L4 evaluation", ("protocol", "geometry", "transfer", "finetune")),
     ("L5 weights", ("weights",)),
-    ("L6 pipeline", ("pipeline", "search")),
+    ("L6 pipeline", ("pipeline", "search", "replicate")),
     ("L7 front ends", ("cli", "bench", "cache", "notebook", "plots", "results", "__main__", "__init__")),
 )
 

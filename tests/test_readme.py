@@ -25,7 +25,18 @@ from sslkit import data
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 README = REPOSITORY / "README.md"
-SUBCOMMANDS = ("pretrain", "evaluate", "finetune", "sweep", "search", "geometry", "transfer", "bench", "results")
+SUBCOMMANDS = (
+    "pretrain",
+    "evaluate",
+    "finetune",
+    "sweep",
+    "search",
+    "replicate",
+    "geometry",
+    "transfer",
+    "bench",
+    "results",
+)
 
 
 def fenced_blocks(text: str, language: str) -> list[str]:
