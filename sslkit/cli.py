@@ -660,11 +660,13 @@ def run_replicate(args: argparse.Namespace) -> None:
         limit=args.limit,
         steps_per_epoch=args.steps_per_epoch,
     )
-    shipped = manifest_entry(args.method, args.dataset, args.weights)["results"]
+    entry = manifest_entry(args.method, args.dataset, args.weights)
+    shipped, shipped_seed = entry["results"], entry["train"]["seed"]
     print(
         f"{args.method} seed {args.seed}: linear probe {100 * record['linear_probe']:.2f}% "
-        f"(shipped seed {100 * shipped['linear_probe']['test_accuracy']:.2f}%), kNN {100 * record['knn']:.2f}% "
-        f"(shipped {100 * shipped['knn']['test_accuracy']:.2f}%); recorded under results.replicates"
+        f"(the shipped run, seed {shipped_seed}: {100 * shipped['linear_probe']['test_accuracy']:.2f}%), kNN "
+        f"{100 * record['knn']:.2f}% (shipped: {100 * shipped['knn']['test_accuracy']:.2f}%); recorded under "
+        "results.replicates"
     )
 
 

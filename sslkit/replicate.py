@@ -52,8 +52,9 @@ def replicate(
 ) -> dict:
     """Train ``method``'s shipped recipe with ``seed``, evaluate it, and record it; returns the record."""
     config = replicate_config(method, seed, dataset, root, steps_per_epoch)
+    shipped = manifest_entry(method, dataset, root)
     with seeded(seed):  # what build_method(..., seed=seed) does for a new recipe
-        model = method_from_config(method, manifest_entry(method, dataset, root)["config"])
+        model = method_from_config(method, shipped["config"])
     checkpoint = checkpoint or Path("checkpoints") / f"{method}.seed{seed}.ckpt"
     (train_images, train_labels), (test_images, test_labels) = load_splits(dataset, limit)
     history = train(model, train_images, train_labels, config, device, checkpoint, progress=progress, dataset=dataset)
@@ -74,9 +75,15 @@ def replicate(
         "device": devices_of_run(checkpoint),
         "wall_time_seconds": round(sum(epoch["seconds"] for epoch in history), 1),
         "command": command,
+        "replicates_sha256": shipped["sha256"],  # the shipped run it repeats
         **({"limit": limit, "steps_per_epoch": steps_per_epoch} if limit or steps_per_epoch else {}),
     }
     with manifest_update(dataset, root) as manifest:
+        if manifest["methods"][method]["sha256"] != shipped["sha256"]:
+            raise ValueError(
+                f"{method}'s shipped weights were replaced while this replicate trained, so it no longer repeats "
+                f"their recipe; nothing was recorded (run replicate again to repeat the new recipe)"
+            )
         results = manifest["methods"][method].setdefault("results", {})
         others = [run for run in results.get("replicates", []) if run["seed"] != seed]
         results["replicates"] = sorted([*others, record], key=lambda run: run["seed"])

@@ -69,35 +69,66 @@ def bench_note(manifest: dict) -> str:
     )
 
 
-def other_seeds_cell(results: dict) -> str:
-    """The test linear-probe accuracy of each replicate (the shipped recipe trained with another seed)."""
-    replicates = results.get("replicates", [])
-    return ", ".join(f"{100 * run['linear_probe']:.2f} (seed {run['seed']})" for run in replicates) or "–"
+def precision(device: str) -> str:
+    """The precision part of a recorded device ("cpu (AMD EPYC), float32" → "float32")."""
+    return device.rsplit(", ", 1)[-1]
+
+
+def replicates_of(entry: dict) -> list[dict]:
+    """The full-length replicates of the shipped run (``python -m sslkit replicate``): smoke runs and
+    replicates of an earlier shipped run are left out."""
+    return [
+        run
+        for run in entry["results"].get("replicates", [])
+        if run.get("replicates_sha256") == entry["sha256"] and not run.get("limit") and not run.get("steps_per_epoch")
+    ]
+
+
+def other_seeds_cell(entry: dict) -> str:
+    """The test linear-probe accuracy of each replicate, with its precision where it differs from the shipped run's."""
+    cells = []
+    for run in replicates_of(entry):
+        other = precision(run["device"]) != precision(entry["device"])
+        cells.append(
+            f"{100 * run['linear_probe']:.2f} (seed {run['seed']}{', ' + precision(run['device']) if other else ''})"
+        )
+    return ", ".join(cells) or "–"
 
 
 def seeds_note(manifest: dict) -> str:
     """The line under the table that says how far a second training run moved the probe."""
+    entries = {name: entry for name, entry in manifest.get("methods", {}).items() if "train" in entry}
     spreads = {}
-    for name, entry in manifest.get("methods", {}).items():
-        replicates = entry["results"].get("replicates", [])
-        if replicates:
+    for name, entry in entries.items():
+        if replicates_of(entry):
             accuracies = [
                 entry["results"]["linear_probe"]["test_accuracy"],
-                *(run["linear_probe"] for run in replicates),
+                *(r["linear_probe"] for r in replicates_of(entry)),
             ]
             spreads[name] = max(accuracies) - min(accuracies)
     widest = max(spreads, key=spreads.get)
+    mixed = any(
+        precision(run["device"]) != precision(entries[name]["device"])
+        for name in spreads
+        for run in replicates_of(entries[name])
+    )
     return (
         "Other seeds: the shipped recipe trained again with another seed (`python -m sslkit replicate METHOD "
-        f"--seed 1`), for {len(spreads)} of the methods; the widest gap between a method's seeds is "
-        f"{100 * spreads[widest]:.2f} points ({SPECS[widest].title}), so closer probe figures are not a ranking."
+        f"--seed 1`), for {len(spreads)} of the {len(entries)} trained encoders; the widest gap between two seeds of "
+        f"one method is {100 * spreads[widest]:.2f} points ({SPECS[widest].title}), so closer probe figures are not "
+        "a ranking."
+        + (
+            " A run in another precision than the shipped one says so: its gap mixes seed and precision."
+            if mixed
+            else ""
+        )
     )
 
 
 def results_table(manifest: dict) -> str:
     """A Markdown table: one row per shipped method, then the baselines, from manifest results."""
     entries = manifest.get("methods", {})
-    seeds = any(entry["results"].get("replicates") for entry in entries.values())  # a column once there are any
+    seeds = any(replicates_of(entry) for entry in entries.values() if "sha256" in entry)  # a column once there are any
     header = (
         "| Method | Linear probe (test %) "
         + ("| Linear probe, other seeds (test %) " if seeds else "")
@@ -114,7 +145,7 @@ def results_table(manifest: dict) -> str:
         results = entry["results"]
         rows.append(
             f"| {SPECS[name].title} | {100 * results['linear_probe']['test_accuracy']:.2f} "
-            + (f"| {other_seeds_cell(results)} " if seeds else "")
+            + (f"| {other_seeds_cell(entry)} " if seeds else "")
             + f"| {results['linear_probe']['macro_f1']:.4f} | {100 * results['knn']['test_accuracy']:.2f} "
             f"| {fine_tuned(results, '0.01')} | {fine_tuned(results, '0.1')} | {transfer_cell(results)} "
             f"| {geometry_cell(results)} "

@@ -112,6 +112,18 @@ def shipped_value(method: str, setting: str, dataset: str = DEFAULT_DATASET):
     return parameter.default
 
 
+def recorded_value(run: dict, setting: str):
+    """The value ``setting`` had in a recorded run (a manifest entry, or its ``previous_run``): from its
+    training config, its views or its constructor arguments."""
+    if setting in SWEEPABLE_TRAIN_SETTINGS:
+        return {**TrainConfig().to_dict(), **run["train"]}[setting]
+    if setting == "crop_min_area":
+        return run["config"]["augment_config"]["crop_scale"][0]
+    if setting == "jitter_strength":
+        return run["config"]["augment_config"]["brightness"]
+    return run["config"][setting]
+
+
 def same(a, b) -> bool:
     """Values equal as the manifest stores them (tuples become lists, booleans numbers)."""
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
@@ -124,13 +136,19 @@ def as_stored(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def changed(method: str, settings: dict, dataset: str = DEFAULT_DATASET) -> dict:
-    """``settings`` without those at their shipped value: the name of a run, whatever order it was reached in."""
+def changed(method: str, settings: dict, dataset: str = DEFAULT_DATASET, start: dict | None = None) -> dict:
+    """``settings`` without those at their value in ``start`` (default: the shipped recipe): the name of a
+    run, whatever order it was reached in."""
     return {
         key: as_stored(value)
         for key, value in sorted(settings.items())
-        if not same(value, shipped_value(method, key, dataset))
+        if not same(value, start[key] if start is not None else shipped_value(method, key, dataset))
     }
+
+
+def starting_recipe(method: str, dataset: str = DEFAULT_DATASET) -> dict:
+    """The value of every searched setting in today's shipped recipe: where a new search starts."""
+    return {setting: as_stored(shipped_value(method, setting, dataset)) for setting, _ in GRIDS[method]}
 
 
 def train_config(settings: dict, seed: int, recipe: dict, steps_per_epoch: int | None = None) -> TrainConfig:
@@ -179,6 +197,12 @@ class RecipeSearch:
             )
         return record
 
+    def start(self) -> dict:
+        """The recipe the search started from, as recorded (the shipped one at the time), so that a run's
+        name keeps its meaning after the chosen recipe becomes the shipped one; today's shipped recipe
+        before the first run."""
+        return self.record().get("start") or starting_recipe(self.method, self.dataset)
+
     def protocol(self) -> dict:
         protocol = {"epochs": EPOCHS, "warmup_epochs": WARMUP_EPOCHS, "noise_seeds": list(NOISE_SEEDS)}
         if self.limit or self.steps_per_epoch:
@@ -187,7 +211,7 @@ class RecipeSearch:
 
     def recorded_run(self, settings: dict, seed: int) -> dict | None:
         """The recorded run with these changed settings and seed, if any."""
-        name = changed(self.method, settings, self.dataset)  # once, not for every recorded run
+        name = changed(self.method, settings, start=self.start())  # once, not for every recorded run
         for run in self.record().get("runs", []):
             if run["seed"] == seed and run["settings"] == name:
                 return run
@@ -203,7 +227,7 @@ class RecipeSearch:
         kept = {}
         for decision in self.record().get("decisions", []):
             kept[decision["setting"]] = decision["kept"]
-        return changed(self.method, kept, self.dataset)
+        return changed(self.method, kept, start=self.start())
 
     def noise(self) -> float | None:
         """σ: the standard deviation of the shipped recipe's validation accuracy over ``NOISE_SEEDS``."""
@@ -223,7 +247,7 @@ class RecipeSearch:
                 continue
             kept = self.kept()
             runs = [
-                (changed(self.method, {**kept, setting: value}, self.dataset), SEED)
+                (changed(self.method, {**kept, setting: value}, start=self.start()), SEED)
                 for value in values
                 if self.score({**kept, setting: value}, SEED) is None
             ]
@@ -235,10 +259,10 @@ class RecipeSearch:
     def decide(self, setting: str, values: tuple) -> dict:
         """Keep the best value only if it leads the kept one by more than 2·√2·σ."""
         kept = self.kept()
-        current = kept.get(setting, shipped_value(self.method, setting, self.dataset))
+        current = kept.get(setting, self.start()[setting])
         current = next((value for value in values if same(value, current)), current)  # True → 1
         scores = [self.score({**kept, setting: value}, SEED) for value in values]
-        best = max(range(len(values)), key=lambda i: scores[i])
+        best = max(range(len(values)), key=lambda i: (scores[i], same(values[i], current)))  # a tie keeps current
         current_score = self.score({**kept, setting: current}, SEED)
         threshold = LEAD_IN_NOISE_UNITS * self.noise()
         lead = scores[best] - current_score
@@ -267,7 +291,9 @@ class RecipeSearch:
         """Add a run or a decision to ``results.search``, under the manifest's lock."""
         with manifest_update(self.dataset, self.root) as manifest:
             results = manifest["methods"][self.method].setdefault("results", {})
-            search = results.setdefault("search", {"protocol": self.protocol(), "runs": [], "decisions": []})
+            search = results.setdefault(
+                "search", {"protocol": self.protocol(), "start": self.start(), "runs": [], "decisions": []}
+            )
             if run is not None:
                 search["runs"].append(run)
             if decision is not None:
@@ -285,7 +311,7 @@ class RecipeSearch:
                 self.save(run=run)
                 done += 1
                 report(
-                    f"{self.method} {settings or 'shipped recipe'} seed {seed}: validation probe accuracy "
+                    f"{self.method} {settings or 'starting recipe'} seed {seed}: validation probe accuracy "
                     f"{100 * run['validation_accuracy']:.2f}% ({run['seconds']:.0f} s)"
                 )
             if step.setting is None:
@@ -329,22 +355,46 @@ def describe_search(method: str, dataset: str = DEFAULT_DATASET, root: Path | No
     if not record:
         raise ValueError(f"{method} has no recorded search: run python -m sslkit search {method}")
     noise_scores = [search.score({}, seed) for seed in NOISE_SEEDS]
-    lines = [f"{method}: {len(record['runs'])} runs of {EPOCHS} epochs, scored by the probe on the validation split"]
+    runs = len(record["runs"])
+    lines = [f"{method}: {runs} run{'s' * (runs != 1)} of {EPOCHS} epochs, scored by the probe on the validation split"]
     if None in noise_scores:
         lines.append(f"seed noise: not yet measured (python -m sslkit search {method} goes on with it)")
     else:
         sigma = search.noise()
         threshold = 100 * LEAD_IN_NOISE_UNITS * sigma
+        seeds, scores = ", ".join(map(str, NOISE_SEEDS)), ", ".join(f"{100 * score:.2f}%" for score in noise_scores)
         lines += [
-            f"seed noise: the shipped recipe with seeds {', '.join(map(str, NOISE_SEEDS))} scores "
-            + ", ".join(f"{100 * score:.2f}%" for score in noise_scores)
-            + f"; σ = {100 * sigma:.2f} points,",
-            f"    so a value must lead the kept one by more than 2·√2·σ = {threshold:.2f} points",
+            f"seed noise: the starting recipe (shipped when the search began) with seeds {seeds}: {scores};",
+            f"    σ = {100 * sigma:.2f} points, so a value must lead the kept one by more than 2·√2·σ = "
+            f"{threshold:.2f} points",
         ]
     lines += [describe_decision(decision) for decision in record.get("decisions", [])]
+    lines += ranking_at_full_length(method, search, dataset, root)
     decided = len(record.get("decisions", []))
     lines.append(
-        f"settings kept: {search.kept() or 'those of the shipped recipe'}"
+        f"settings kept: {search.kept() or 'those of the starting recipe'}"
         + ("" if decided == len(GRIDS[method]) else f" ({decided} of {len(GRIDS[method])} settings decided)")
     )
     return "\n".join(lines)
+
+
+def ranking_at_full_length(method: str, search: RecipeSearch, dataset: str, root: Path | None) -> list[str]:
+    """Whether the 100-epoch runs rank the chosen and the starting recipe as the 20-epoch runs did: a line
+    once the chosen recipe is shipped and the run it replaced (``previous_run``) was the starting recipe."""
+    entry = manifest_entry(method, dataset, root)
+    previous = entry["results"].get("previous_run")
+    start, kept = search.start(), search.kept()
+    chosen = {**start, **kept}
+    if not kept or previous is None:
+        return []
+    if not all(same(recorded_value(previous, key), start[key]) for key in start) or not all(
+        same(recorded_value(entry, key), chosen[key]) for key in chosen
+    ):
+        return []
+    probe = entry["results"]["linear_probe"]
+    new, old = probe["validation_accuracy"][f"{probe['weight_decay']:g}"], previous["validation_accuracy"]
+    verdict = "holds" if new > old else "does not hold"
+    return [
+        f"at {entry['epochs']} epochs (the shipped runs): the chosen recipe scores {100 * new:.2f}% on the validation "
+        f"probe, the starting one {100 * old:.2f}%: the ranking of the {EPOCHS}-epoch runs {verdict}"
+    ]

@@ -232,5 +232,34 @@ def publish(
         history_file = write_text_atomically(directory / f"{name}.history.json", json.dumps(history, indent=1) + "\n")
         entry.update(history_file=history_file.name, history_sha256=sha256_file(history_file))
     with manifest_update(dataset, root) as manifest:
-        manifest.setdefault("methods", {})[name] = entry
+        methods = manifest.setdefault("methods", {})
+        entry["results"] = carried_over(methods.get(name), entry.get("results", {}))
+        methods[name] = entry
     return entry
+
+
+def carried_over(replaced: dict | None, results: dict) -> dict:
+    """``results`` of a newly published run, with what the entry it replaces recorded that is not a
+    measurement of the replaced weights: the recipe search and the sweeps (short runs of their own; a
+    sweep of the new run wins over one of the same name), and ``previous_run``, a summary of the replaced
+    run, so that a new recipe can be compared with the one it replaced. The rest (probe, fine-tuning,
+    replicates, costs, ...) described the replaced weights and goes with them."""
+    if not replaced or "results" not in replaced:
+        return results
+    old = replaced["results"]
+    kept = {key: old[key] for key in ("search",) if key in old}
+    sweeps = {**old.get("sweeps", {}), **results.get("sweeps", {})}
+    if sweeps:
+        kept["sweeps"] = sweeps
+    if "train" in replaced:  # a trained run, not a baseline
+        probe = old["linear_probe"]
+        kept["previous_run"] = {
+            "sha256": replaced["sha256"],
+            "config": replaced["config"],
+            "train": replaced["train"],
+            "linear_probe": probe["test_accuracy"],
+            "validation_accuracy": probe["validation_accuracy"][f"{probe['weight_decay']:g}"],
+            "knn": old["knn"]["test_accuracy"],
+            "device": replaced.get("device"),
+        }
+    return {**results, **kept}

@@ -119,8 +119,10 @@ def test_the_search_keeps_a_value_only_beyond_the_noise_and_resumes_without_retr
 
     summary = describe_search("simclr", root=root).splitlines()
     assert summary[0] == "simclr: 14 runs of 20 epochs, scored by the probe on the validation split"
-    assert summary[1].startswith("seed noise: the shipped recipe with seeds 0, 1, 2 scores 85.00%, 85.10%, 85.20%")
-    assert summary[2].endswith("2·√2·σ = 0.28 points")
+    assert summary[1] == (
+        "seed noise: the starting recipe (shipped when the search began) with seeds 0, 1, 2: 85.00%, 85.10%, 85.20%;"
+    )
+    assert summary[2] == "    σ = 0.10 points, so a value must lead the kept one by more than 2·√2·σ = 0.28 points"
     assert summary[3:6] == describe_decision(decisions["decay_every_parameter"]).splitlines()
     assert (
         summary[4] == "    (1: weight decay on every parameter; 0: none on biases, normalisation layers or mask tokens)"
@@ -138,17 +140,68 @@ def test_a_decision_records_the_devices_of_the_runs_it_rests_on(root, monkeypatc
     _, short_run = fake_scores("vae")
     monkeypatch.setattr(sslkit.search, "short_run", short_run)
     monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
-    bf16, fp32 = "cpu (A), bfloat16 autocast", "cpu (B), float32"
+    first, noise, fp32 = "cpu (A), bfloat16 autocast", "cpu (N), bfloat16 autocast", "cpu (B), float32"
     search = RecipeSearch("vae", root=root)
-    monkeypatch.setattr(sslkit.search, "describe_device", lambda _: bf16)
-    search.run(torch.device("cpu"), max_runs=4, report=lambda *_: None)  # the noise runs and decay 0
-    monkeypatch.setattr(sslkit.search, "describe_device", lambda _: fp32)
-    search.run(torch.device("cpu"), max_runs=3, report=lambda *_: None)  # β 0.5, 2 and 4 on another machine
+    for device, runs in ((first, 1), (noise, 2), (first, 1), (fp32, 3)):  # seed 0; seeds 1, 2; decay 0; β 0.5, 2, 4
+        monkeypatch.setattr(sslkit.search, "describe_device", lambda _, device=device: device)
+        search.run(torch.device("cpu"), max_runs=runs, report=lambda *_: None)
     decay, beta = search.record()["decisions"]
-    assert decay["devices"] == [bf16]
-    assert "trained on" not in describe_decision(decay)
-    assert beta["devices"] == [bf16, fp32]  # β = 1 is the shipped recipe's seed-0 noise run
-    assert describe_decision(beta).endswith(f"the runs compared trained on 2 devices: {bf16}; {fp32}")
+    assert decay["devices"] == [first, noise]  # the noise runs, which set the threshold, count too
+    assert beta["devices"] == [first, fp32, noise]  # β = 1 is the starting recipe's seed-0 noise run
+    assert describe_decision(beta).endswith(f"the runs compared trained on 3 devices: {first}; {fp32}; {noise}")
+
+
+def beta_wins():
+    """Scores of a VAE search in which β = 0.5 leads β = 1 by 1 point (σ = 0.1 point): it replaces it."""
+
+    def short_run(name, settings, config, *_, **__):
+        return {"loss": 1.0, "validation_accuracy": 0.85 + 0.001 * config.seed + 0.01 * (settings.get("beta") == 0.5),
+                "seconds": 0.0}  # fmt: skip
+
+    return short_run
+
+
+def test_run_names_keep_their_meaning_when_the_chosen_recipe_is_shipped(root, monkeypatch):
+    monkeypatch.setattr(sslkit.search, "short_run", beta_wins())
+    monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
+    RecipeSearch("vae", root=root).run(torch.device("cpu"), report=lambda *_: None)
+    before = describe_search("vae", root=root)
+    assert RecipeSearch("vae", root=root).start()["beta"] == 1.0 and "settings kept: {'beta': 0.5}" in before
+
+    shipped = sslkit.search.shipped_value
+    monkeypatch.setattr(  # β = 0.5 becomes the shipped default, as retraining with the chosen recipe does
+        sslkit.search,
+        "shipped_value",
+        lambda method, setting, *a: 0.5 if setting == "beta" else shipped(method, setting),
+    )
+    search = RecipeSearch("vae", root=root)
+    assert search.kept() == {"beta": 0.5} and search.score({}, 0) == pytest.approx(0.85)  # {} is still β = 1
+    assert search.next_step() is None and describe_search("vae", root=root) == before
+
+
+def test_the_search_says_whether_the_full_length_runs_rank_as_the_short_ones(root, monkeypatch):
+    monkeypatch.setattr(sslkit.search, "short_run", beta_wins())
+    monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
+    RecipeSearch("vae", root=root).run(torch.device("cpu"), report=lambda *_: None)
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["methods"]["vae"]
+    assert "at 100 epochs" not in describe_search("vae", root=root)  # the chosen recipe is not shipped yet
+    probe = entry["results"]["linear_probe"]
+    chosen = probe["validation_accuracy"][f"{probe['weight_decay']:g}"]
+    entry["results"]["previous_run"] = {"config": dict(entry["config"]), "train": entry["train"],
+                                        "validation_accuracy": chosen - 0.004}  # fmt: skip
+    entry["config"]["beta"] = 0.5  # the shipped run now has the chosen recipe
+    for old, verdict in ((chosen - 0.004, "holds"), (chosen + 0.004, "does not hold")):
+        entry["results"]["previous_run"]["validation_accuracy"] = old
+        (root / "manifest.json").write_text(json.dumps(manifest))
+        line = describe_search("vae", root=root).splitlines()[-2]
+        assert line == (
+            f"at 100 epochs (the shipped runs): the chosen recipe scores {100 * chosen:.2f}% on the validation probe, "
+            f"the starting one {100 * old:.2f}%: the ranking of the 20-epoch runs {verdict}"
+        )
+    entry["results"]["previous_run"]["config"]["latent_dim"] = 64  # the replaced run was not the starting recipe
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert "at 100 epochs" not in describe_search("vae", root=root)
 
 
 def test_runs_of_another_protocol_are_not_mixed_in(root, monkeypatch):
@@ -172,7 +225,7 @@ def test_the_command_trains_and_records_a_real_run(root, capsys):
                  "--max-runs", "1"])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "rotation shipped recipe seed 0: validation probe accuracy" in out and "search stopped" in out
+    assert "rotation starting recipe seed 0: validation probe accuracy" in out and "search stopped" in out
     search = json.loads((root / "manifest.json").read_text())["methods"]["rotation"]["results"]["search"]
     (run,) = search["runs"]
     assert run["settings"] == {} and run["seed"] == 0 and 0.1 < run["validation_accuracy"] <= 1

@@ -150,3 +150,38 @@ def test_concurrent_records_lose_nothing(tmp_path):
         assert process.exitcode == 0
     results = manifest_entry("simclr", root=tmp_path)["results"]
     assert len([key for key in results if key.startswith("worker")]) == 100
+
+
+def test_publishing_again_keeps_the_search_and_the_sweeps_and_summarises_the_run_it_replaces(tmp_path):
+    state = {"encoder.w": torch.zeros(1)}
+    probe = {"test_accuracy": 0.88, "weight_decay": 1e-4, "validation_accuracy": {"0.0001": 0.89, "0.001": 0.87}}
+    first = {
+        "config": {"beta": 1.0},
+        "train": {"seed": 0},
+        "device": "cpu (A), float32",
+        "results": {
+            "linear_probe": probe,
+            "knn": {"test_accuracy": 0.85},
+            "search": {"runs": ["a run"]},
+            "sweeps": {"beta": "old", "latent_dim": "kept"},
+            "fine_tune": "of the first weights",
+            "replicates": ["of the first weights"],
+        },
+    }
+    publish("vae", state, first, root=tmp_path)
+    sha = manifest_entry("vae", root=tmp_path)["sha256"]
+    second = {"config": {"beta": 0.5}, "train": {"seed": 0}, "results": {"linear_probe": {}, "sweeps": {"beta": "new"}}}
+    publish("vae", {"encoder.w": torch.ones(1)}, second, root=tmp_path)
+    results = manifest_entry("vae", root=tmp_path)["results"]
+    assert results["search"] == {"runs": ["a run"]}
+    assert results["sweeps"] == {"beta": "new", "latent_dim": "kept"}  # the new run's sweep of the same name wins
+    assert "fine_tune" not in results and "replicates" not in results  # measurements of the replaced weights
+    assert results["previous_run"] == {
+        "sha256": sha,
+        "config": {"beta": 1.0},
+        "train": {"seed": 0},
+        "linear_probe": 0.88,
+        "validation_accuracy": 0.89,
+        "knn": 0.85,
+        "device": "cpu (A), float32",
+    }
