@@ -288,3 +288,8 @@ def evaluate_features(
         "knn": {"test_accuracy": round(evaluation.knn_accuracy, 6), "k": KNN_K, "temperature": KNN_TEMPERATURE},
     }
     return evaluation.probe, results
+
+
+def chosen_validation_accuracy(probe: dict) -> float:
+    """The validation accuracy of the L2 strength a recorded probe (``results.linear_probe``) chose."""
+    return probe["validation_accuracy"][f"{probe['weight_decay']:g}"]

@@ -16,7 +16,7 @@ import torch
 from .data import DEFAULT_DATASET
 from .methods import SPECS, method_from_config, seeded
 from .pipeline import load_splits
-from .protocol import evaluate_features, extract_features
+from .protocol import chosen_validation_accuracy, evaluate_features, extract_features
 from .train import TrainConfig, devices_of_run, train
 from .weights import manifest_entry, manifest_update
 
@@ -68,7 +68,7 @@ def replicate(
     record = {
         "seed": seed,
         "linear_probe": probe["test_accuracy"],
-        "validation_accuracy": probe["validation_accuracy"][f"{probe['weight_decay']:g}"],
+        "validation_accuracy": chosen_validation_accuracy(probe),
         "macro_f1": probe["macro_f1"],
         "knn": results["knn"]["test_accuracy"],
         "epochs": config.epochs,

@@ -22,6 +22,7 @@ from .data import DEFAULT_DATASET
 from .devices import describe_device
 from .methods import build_method, method_class
 from .pipeline import SWEEPABLE_TRAIN_SETTINGS, load_splits, method_settings_of, short_run
+from .protocol import chosen_validation_accuracy
 from .train import TrainConfig
 from .weights import manifest_entry, manifest_update
 
@@ -392,7 +393,7 @@ def ranking_at_full_length(method: str, search: RecipeSearch, dataset: str, root
     ):
         return []
     probe = entry["results"]["linear_probe"]
-    new, old = probe["validation_accuracy"][f"{probe['weight_decay']:g}"], previous["validation_accuracy"]
+    new, old = chosen_validation_accuracy(probe), previous["validation_accuracy"]
     verdict = "holds" if new > old else "does not hold"
     return [
         f"at {entry['epochs']} epochs (the shipped runs): the chosen recipe scores {100 * new:.2f}% on the validation "

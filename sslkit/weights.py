@@ -31,7 +31,7 @@ from .data import DEFAULT_DATASET, dataset_info
 from .files import save_torch_atomically, sha256_file, write_text_atomically
 from .methods import SPECS, Method, method_from_config, spec
 from .models import build_encoder
-from .protocol import LinearProbe
+from .protocol import LinearProbe, chosen_validation_accuracy
 
 MANIFEST_NAME = "manifest.json"
 
@@ -258,7 +258,7 @@ def carried_over(replaced: dict | None, results: dict) -> dict:
             "config": replaced["config"],
             "train": replaced["train"],
             "linear_probe": probe["test_accuracy"],
-            "validation_accuracy": probe["validation_accuracy"][f"{probe['weight_decay']:g}"],
+            "validation_accuracy": chosen_validation_accuracy(probe),
             "knn": old["knn"]["test_accuracy"],
             "device": replaced.get("device"),
         }
