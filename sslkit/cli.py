@@ -600,6 +600,14 @@ def add_search_parser(subparsers) -> None:
     parser.add_argument(
         "--max-runs", type=positive_int, default=None, metavar="N", help="stop after N runs (default: to the end)"
     )
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=search.RecipeSearch.checkpoints,
+        metavar="DIR",
+        help="where a run saves every epoch, to resume if interrupted; deleted once recorded "
+        "(default: checkpoints/search)",
+    )
     add_short_run_arguments(parser)
     parser.set_defaults(handler=run_search)
 
@@ -612,6 +620,7 @@ def run_search(args: argparse.Namespace) -> None:
         limit=args.limit,
         steps_per_epoch=args.steps_per_epoch,
         command=args.command_line,
+        checkpoints=args.checkpoints,
     )
     finished = recipe_search.run(
         resolve_device(args.device), args.max_runs, report=lambda line: print(line, flush=True)

@@ -413,13 +413,16 @@ def short_run(
     dataset: str = DEFAULT_DATASET,
     monitor_every: int = 0,
     diagnostics: bool = False,
+    checkpoint_path: Path | None = None,
 ) -> dict:
     """Train ``name`` with ``settings`` changed (see ``build_varied_method``) under ``config``, fit the
     linear probe on the training split and score it on the validation split (never the test split).
+    With ``checkpoint_path`` the training saves every epoch and resumes from it, as ``train`` does.
 
-    Returns the last epoch's training metrics, ``validation_accuracy`` and ``seconds``; with
-    ``monitor_every`` also the monitored ``history`` (per monitored epoch, the step's metrics and the
-    monitor's), with ``diagnostics`` the embeddings' diagnostics."""
+    Returns the last epoch's training metrics, ``validation_accuracy`` and ``seconds`` (the epochs'
+    wall time, summed over sessions when resumed, plus the probe's); with ``monitor_every`` also the
+    monitored ``history`` (per monitored epoch, the step's metrics and the monitor's), with
+    ``diagnostics`` the embeddings' diagnostics."""
     method = build_varied_method(name, settings, dataset, seed=config.seed)
     on_epoch_end = None
     if monitor_every:
@@ -429,14 +432,18 @@ def short_run(
                 return {}
             return monitor(method, images, labels, device)
 
+    history = train(
+        method, images, labels, config, device, checkpoint_path, progress=False, on_epoch_end=on_epoch_end,
+        dataset=dataset,
+    )  # fmt: skip
     started = time.perf_counter()
-    history = train(method, images, labels, config, device, progress=False, on_epoch_end=on_epoch_end, dataset=dataset)
     _, validation = select_and_fit_linear_probe(extract_features(method.encoder, images, device=device), labels)
+    probe_seconds = time.perf_counter() - started
     last = {key: value for key, value in history[-1].items() if key not in ("epoch", "lr", "seconds", *MONITORED)}
     run = {
         **last,
         "validation_accuracy": round(max(validation.values()), 6),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(sum(epoch["seconds"] for epoch in history) + probe_seconds, 1),
     }
     if monitor_every:
         run["history"] = [

@@ -23,7 +23,7 @@ from .devices import describe_device
 from .methods import build_method, method_class
 from .pipeline import SWEEPABLE_TRAIN_SETTINGS, load_splits, method_settings_of, short_run
 from .protocol import chosen_validation_accuracy
-from .train import TrainConfig
+from .train import TrainConfig, devices_of_run, history_path
 from .weights import manifest_entry, manifest_update
 
 EPOCHS = 20
@@ -179,6 +179,7 @@ class RecipeSearch:
     limit: int | None = None  # smoke runs and tests
     steps_per_epoch: int | None = None  # smoke runs and tests
     command: str = ""
+    checkpoints: Path = Path("checkpoints") / "search"  # a run in progress saves here every epoch
 
     def __post_init__(self):
         if self.method not in GRIDS:
@@ -283,10 +284,31 @@ class RecipeSearch:
             "devices": devices,  # of the runs it rests on, the noise runs included (design §13, Machines)
         }
 
+    def checkpoint_path(self, settings: dict, seed: int) -> Path:
+        """Where the run with these changed settings and seed saves every epoch until it is recorded."""
+        name = "-".join(
+            f"{key}={'x'.join(map(str, value)) if isinstance(value, list) else value}" for key, value in settings.items()
+        )
+        smoke = "smoke." if self.limit or self.steps_per_epoch else ""
+        return self.checkpoints / f"{self.method}.{self.dataset}.{smoke}{name or 'start'}.seed{seed}.ckpt"
+
     def train_one(self, settings: dict, seed: int, images, labels, device: torch.device) -> dict:
+        """Train one run, resuming from its checkpoint if an earlier session left one; its record."""
         config = train_config(settings, seed, method_class(self.method).recipe, self.steps_per_epoch)
-        run = short_run(self.method, method_settings_of(settings), config, images, labels, device, self.dataset)
-        return {"settings": settings, "seed": seed, **run, "command": self.command, "device": describe_device(device)}
+        checkpoint = self.checkpoint_path(settings, seed)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        run = short_run(
+            self.method, method_settings_of(settings), config, images, labels, device, self.dataset,
+            checkpoint_path=checkpoint,
+        )  # fmt: skip
+        device_record = devices_of_run(checkpoint) if checkpoint.exists() else describe_device(device)
+        return {"settings": settings, "seed": seed, **run, "command": self.command, "device": device_record}
+
+    def forget_checkpoint(self, settings: dict, seed: int) -> None:
+        """Delete a recorded run's checkpoint and history: the manifest holds what it measured."""
+        checkpoint = self.checkpoint_path(settings, seed)
+        checkpoint.unlink(missing_ok=True)
+        history_path(checkpoint).unlink(missing_ok=True)
 
     def save(self, run: dict | None = None, decision: dict | None = None) -> None:
         """Add a run or a decision to ``results.search``, under the manifest's lock."""
@@ -310,6 +332,7 @@ class RecipeSearch:
                     return False
                 run = self.train_one(settings, seed, images, labels, device)
                 self.save(run=run)
+                self.forget_checkpoint(settings, seed)
                 done += 1
                 report(
                     f"{self.method} {settings or 'starting recipe'} seed {seed}: validation probe accuracy "

@@ -250,3 +250,45 @@ def test_a_sweep_invoked_again_with_other_values_keeps_the_runs_it_has(root, mon
     runs = json.loads((root / "manifest.json").read_text())["methods"]["vae"]["results"]["sweeps"]["beta"]["runs"]
     assert trained == [0.5, 2.0, 4.0]  # 2.0 was recorded already
     assert sorted(run["value"] for run in runs) == [0.5, 2.0, 4.0]
+
+
+def test_a_run_interrupted_after_training_resumes_from_its_checkpoint_and_the_record_deletes_it(
+    root, tmp_path, monkeypatch
+):
+    import sslkit.pipeline
+    import sslkit.train
+
+    epochs_trained = []
+    train_one_epoch = sslkit.train.train_one_epoch
+
+    def counted(*args, **kwargs):
+        epochs_trained.append(1)
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(sslkit.train, "train_one_epoch", counted)
+    monkeypatch.setattr(sslkit.search, "EPOCHS", 2)
+    probe = sslkit.pipeline.select_and_fit_linear_probe
+
+    def killed(*_, **__):
+        raise KeyboardInterrupt  # the session ends while the probe is fitted
+
+    monkeypatch.setattr(sslkit.pipeline, "select_and_fit_linear_probe", killed)
+    search = RecipeSearch("rotation", root=root, limit=600, steps_per_epoch=1, checkpoints=tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        search.run(torch.device("cpu"), max_runs=1, report=lambda *_: None)
+    checkpoint = search.checkpoint_path({}, 0)
+    assert checkpoint.name == "rotation.fashion-mnist.smoke.start.seed0.ckpt" and checkpoint.exists()
+    assert len(epochs_trained) == 2
+
+    monkeypatch.setattr(sslkit.pipeline, "select_and_fit_linear_probe", probe)
+    search.run(torch.device("cpu"), max_runs=1, report=lambda *_: None)
+    assert len(epochs_trained) == 2  # both epochs came from the checkpoint
+    (run,) = json.loads((root / "manifest.json").read_text())["methods"]["rotation"]["results"]["search"]["runs"]
+    assert not list((tmp_path / "ckpt").iterdir())  # its checkpoint and history are deleted
+    assert run["device"].startswith("cpu") and run["seconds"] > 0
+
+
+def test_a_run_names_its_checkpoint_by_its_settings_and_seed(root, tmp_path):
+    search = RecipeSearch("autoencoder", root=root, checkpoints=tmp_path)
+    path = search.checkpoint_path({"decoder_widths": [32, 16, 8], "noise_std": 0.2}, 2)
+    assert path == tmp_path / "autoencoder.fashion-mnist.decoder_widths=32x16x8-noise_std=0.2.seed2.ckpt"
