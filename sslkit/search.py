@@ -286,7 +286,7 @@ class RecipeSearch:
 
     def checkpoint_path(self, settings: dict, seed: int) -> Path:
         """Where the run with these changed settings and seed saves every epoch until it is recorded."""
-        spelled = {key: "x".join(map(str, value)) if isinstance(value, list) else value for key, value in settings.items()}
+        spelled = {key: "x".join(map(str, v)) if isinstance(v, list) else v for key, v in settings.items()}
         name = "-".join(f"{key}={value}" for key, value in spelled.items())
         smoke = "smoke." if self.limit or self.steps_per_epoch else ""
         return self.checkpoints / f"{self.method}.{self.dataset}.{smoke}{name or 'start'}.seed{seed}.ckpt"
