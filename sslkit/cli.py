@@ -31,6 +31,7 @@ from .geometry import alignment_and_uniformity
 from .methods import BASELINES, HAND_CRAFTED, METHODS, TRAINABLE, UNTRAINED
 from .pipeline import (
     REPRODUCTION_TOLERANCE,
+    SWEEPABLE_TRAIN_SETTINGS,
     PretrainRun,
     Sweep,
     differences_from_manifest,
@@ -125,6 +126,16 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), help="optimizer (default: the method's recipe)")
     parser.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs (default: the method's recipe)")
     parser.add_argument("--temperature", type=positive_float, help="softmax temperature (contrastive methods)")
+    parser.add_argument(
+        "--set",
+        type=fixed_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one more setting of the recipe (repeatable): one of the method's (e.g. beta=0.5), of its "
+        "views (crop_min_area, jitter_strength) or of training (e.g. decay_every_parameter=0), as the recipe "
+        "search chooses them",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and views (default 0)")
     add_device_argument(parser)
     precision = parser.add_mutually_exclusive_group()
@@ -176,14 +187,20 @@ def run_pretrain(args: argparse.Namespace) -> None:
         "optimizer": args.optimizer,
         "warmup_epochs": args.warmup_epochs,
     }
+    recipe = {key: value for key, value in recipe.items() if value is not None}
+    settings = {"temperature": args.temperature} if args.temperature else {}
+    for name, value in args.set:
+        if name in recipe or name in settings or name in ("epochs", "batch_size"):
+            raise ValueError(f"{name} has an option of its own (--{name.replace('_', '-')}); not --set {name}=...")
+        (recipe if name in SWEEPABLE_TRAIN_SETTINGS else settings)[name] = value
     run = PretrainRun(
         method=args.method,
         dataset=args.dataset,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
-        recipe={key: value for key, value in recipe.items() if value is not None},
-        settings={"temperature": args.temperature} if args.temperature else {},
+        recipe=recipe,
+        settings=settings,
         amp=not args.no_amp,
         amp_dtype=args.amp_dtype,
         steps_per_epoch=args.steps_per_epoch,

@@ -71,7 +71,7 @@ class PretrainRun:
     batch_size: int = 256
     seed: int = 0
     recipe: dict | None = None  # overrides of the method's recipe: lr, weight_decay, optimizer, warmup_epochs
-    settings: dict | None = None  # overrides of the method's settings, e.g. {"temperature": 0.5}
+    settings: dict | None = None  # overrides of the method's settings or views, e.g. {"temperature": 0.5}
     amp: bool = True
     amp_dtype: str | None = None  # None: the device's choice; "float16" or "bfloat16" to force one
     steps_per_epoch: int | None = None  # smoke runs
@@ -176,13 +176,13 @@ def choose_hog_settings(images: torch.Tensor, labels: torch.Tensor, dataset: str
 
 def train_method(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
     """``(method, history)``: the training half of ``pretrain`` (every process under torchrun)."""
-    unknown = set(run.settings or {}) - set(method_settings(run.method))
+    known = method_settings(run.method) + (VIEW_SETTINGS if method_class(run.method).default_views else ())
+    unknown = set(run.settings or {}) - set(known)
     if unknown:
         raise ValueError(
-            f"{', '.join(sorted(unknown))} does not apply to {run.method}; its settings are "
-            f"{', '.join(method_settings(run.method))}"
+            f"{', '.join(sorted(unknown))} does not apply to {run.method}; its settings are {', '.join(known)}"
         )
-    method = build_method(run.method, run.dataset, seed=run.seed, **(run.settings or {}))
+    method = build_varied_method(run.method, run.settings or {}, run.dataset, seed=run.seed)
     history = train(
         method,
         images,

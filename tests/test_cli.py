@@ -48,6 +48,10 @@ def test_every_command_explains_its_options(command):
         (["pretrain", "simclrr"], "invalid choice: 'simclrr'"),
         (["evaluate", "simclrr"], "unknown method 'simclrr'; methods are autoencoder"),
         (["pretrain", "supervised", "--temperature", "0.5"], "temperature does not apply to supervised; its settings"),
+        (["pretrain", "vae", "--set", "crop_min_area=0.5"], "crop_min_area does not apply to vae; its settings"),
+        (["pretrain", "vae", "--set", "beta"], "--set takes NAME=VALUE, e.g."),
+        (["pretrain", "vae", "--lr", "0.1", "--set", "lr=0.2"], "lr has an option of its own (--lr); not --set lr="),
+        (["pretrain", "vae", "--set", "batch_size=64"], "batch_size has an option of its own (--batch-size)"),
         (["finetune", "pixels"], "'pixels' has no network to fine-tune"),
         (["finetune", "hog"], "'hog' has no network to fine-tune"),
         (["finetune", "simclr", "--fractions", "2"], "--fractions must be in (0, 1]"),
@@ -87,11 +91,15 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
         "--checkpoint",
         str(tmp_path / "run.ckpt"),
         "--no-progress",
+        *("--set", "crop_min_area=0.5", "--set", "decay_every_parameter=0", "--set", "projector_out_dim=32"),
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["methods"]["simclr"]
     assert entry["epochs"] == 1 and entry["batch_size"] == 64
+    # --set changes the views, the training and the method, and the record says so
+    assert entry["config"]["augment_config"]["crop_scale"][0] == 0.5 and entry["config"]["projector_out_dim"] == 32
+    assert entry["train"]["decay_every_parameter"] in (0, False) and "--set crop_min_area=0.5" in entry["command"]
     assert entry["command"].startswith("python -m sslkit pretrain simclr --epochs 1")
     assert 0.0 < entry["results"]["linear_probe"]["test_accuracy"] <= 1.0
     assert len(entry["results"]["linear_probe"]["per_class_accuracy"]) == 10
