@@ -82,6 +82,15 @@ def add_limit_argument(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--limit", type=positive_int, default=None, help=help)
 
 
+def add_checkpoint_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help=f"checkpoint to save every epoch and resume from (default: {default})",
+    )
+
+
 def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
@@ -154,12 +163,7 @@ def add_pretrain_parser(subparsers) -> None:
         default=None,
         help="root folder of the weights to publish into (default: $SSLKIT_WEIGHTS or the repository's weights/)",
     )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.ckpt)",
-    )
+    add_checkpoint_argument(parser, "checkpoints/METHOD.ckpt")
     add_limit_argument(parser, "use only the first N training and test images (smoke runs and tests)")
     add_dataset_argument(parser)
     parser.add_argument(
@@ -662,12 +666,7 @@ def add_replicate_parser(subparsers) -> None:
     )
     parser.add_argument("method", choices=TRAINABLE, metavar="METHOD", help=f"one of: {', '.join(TRAINABLE)}")
     parser.add_argument("--seed", type=int, default=1, help="the replicate's seed (default 1; the shipped run is 0)")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint to save every epoch and resume from (default: checkpoints/METHOD.seedSEED.ckpt)",
-    )
+    add_checkpoint_argument(parser, "checkpoints/METHOD.seedSEED.ckpt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_short_run_arguments(parser)
     parser.set_defaults(handler=run_replicate)

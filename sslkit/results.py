@@ -98,19 +98,16 @@ def other_seeds_cell(entry: dict) -> str:
 def seeds_note(manifest: dict) -> str:
     """The line under the table that says how far a second training run moved the probe."""
     entries = {name: entry for name, entry in manifest.get("methods", {}).items() if "train" in entry}
+    replicates = {name: runs for name, entry in entries.items() if (runs := replicates_of(entry))}
     spreads = {}
-    for name, entry in entries.items():
-        if replicates_of(entry):
-            accuracies = [
-                entry["results"]["linear_probe"]["test_accuracy"],
-                *(r["linear_probe"] for r in replicates_of(entry)),
-            ]
-            spreads[name] = max(accuracies) - min(accuracies)
+    for name, runs in replicates.items():
+        accuracies = [entries[name]["results"]["linear_probe"]["test_accuracy"], *(run["linear_probe"] for run in runs)]
+        spreads[name] = max(accuracies) - min(accuracies)
     widest = max(spreads, key=spreads.get)
     mixed = any(
         precision(run["device"]) != precision(entries[name]["device"])
-        for name in spreads
-        for run in replicates_of(entries[name])
+        for name, runs in replicates.items()
+        for run in runs
     )
     return (
         "Other seeds: the shipped recipe trained again with another seed (`python -m sslkit replicate METHOD "
