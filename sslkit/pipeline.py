@@ -392,14 +392,14 @@ def build_varied_method(name: str, settings: dict, dataset: str = DEFAULT_DATASE
     """``name``'s method with some of its settings changed: constructor arguments (``temperature``, ...),
     or ``views`` (a view set by name) or one of ``VIEW_SETTINGS`` (the method's own views, one changed)."""
     arguments = {key: value for key, value in settings.items() if key != "views" and key not in VIEW_SETTINGS}
-    views = build_method(name, dataset).augment_config
-    if "views" in settings:
-        views = VIEW_ABLATIONS[settings["views"]]
-    for key in VIEW_SETTINGS:
-        if key in settings:
-            views = vary_views(views, key, settings[key])
-    if views is not None and views != build_method(name, dataset).augment_config:
-        arguments["augment_config"] = views
+    if "views" in settings or any(key in settings for key in VIEW_SETTINGS):
+        default_views = build_method(name, dataset).augment_config
+        views = VIEW_ABLATIONS[settings["views"]] if "views" in settings else default_views
+        for key in VIEW_SETTINGS:
+            if key in settings:
+                views = vary_views(views, key, settings[key])
+        if views is not None and views != default_views:
+            arguments["augment_config"] = views
     return build_method(name, dataset, seed=seed, **arguments)
 
 
