@@ -135,15 +135,11 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), help="optimizer (default: the method's recipe)")
     parser.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs (default: the method's recipe)")
     parser.add_argument("--temperature", type=positive_float, help="softmax temperature (contrastive methods)")
-    parser.add_argument(
-        "--set",
-        type=fixed_setting,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="change one more setting of the recipe (repeatable): one of the method's (e.g. beta=0.5), of its "
-        "views (crop_min_area, jitter_strength) or of training (e.g. decay_every_parameter=0), as the recipe "
-        "search chooses them",
+    add_set_argument(
+        parser,
+        "change one more setting of the recipe (repeatable): one of the method's (e.g. beta=0.5), of its views "
+        "(crop_min_area, jitter_strength) or of training (e.g. decay_every_parameter=0), as the recipe search "
+        "chooses them",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and views (default 0)")
     add_device_argument(parser)
@@ -477,6 +473,10 @@ def number_or_name(text: str) -> int | float | str:
         return text
 
 
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", type=fixed_setting, action="append", default=[], metavar="NAME=VALUE", help=help)
+
+
 def fixed_setting(text: str) -> tuple[str, int | float]:
     """``"constant_momentum=1"`` → ``("constant_momentum", 1)``."""
     name, equals, value = text.partition("=")
@@ -528,13 +528,9 @@ def add_sweep_parser(subparsers) -> None:
     parser.add_argument(
         "--epochs", type=positive_int, default=None, help="epochs per run (default 5; not with PARAM epochs)"
     )
-    parser.add_argument(
-        "--set",
-        type=fixed_setting,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="hold another setting at VALUE in every run (repeatable), e.g. --set constant_momentum=1; "
+    add_set_argument(
+        parser,
+        "hold another setting at VALUE in every run (repeatable), e.g. --set constant_momentum=1; "
         'the sweep is then stored under results.sweeps["PARAM, NAME=VALUE"]',
     )
     parser.add_argument(
