@@ -172,7 +172,7 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="run the training step through torch.compile (pays off on long runs on a GPU)",
+        help="run the training step through torch.compile (whether it pays off here: bench --compile-payoff)",
     )
     parser.set_defaults(handler=run_pretrain)
 
