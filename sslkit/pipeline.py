@@ -420,7 +420,7 @@ def short_run(
     With ``checkpoint_path`` the training saves every epoch and resumes from it, as ``train`` does.
 
     Returns the last epoch's training metrics, ``validation_accuracy`` and ``seconds`` (the epochs'
-    wall time, summed over sessions when resumed, plus the probe's); with ``monitor_every`` also the
+    wall time, summed over interruptions when resumed, plus the probe's); with ``monitor_every`` also the
     monitored ``history`` (per monitored epoch, the step's metrics and the monitor's), with
     ``diagnostics`` the embeddings' diagnostics."""
     method = build_varied_method(name, settings, dataset, seed=config.seed)

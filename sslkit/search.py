@@ -292,7 +292,7 @@ class RecipeSearch:
         return self.checkpoints / f"{self.method}.{self.dataset}.{smoke}{name or 'start'}.seed{seed}.ckpt"
 
     def train_one(self, settings: dict, seed: int, images, labels, device: torch.device) -> dict:
-        """Train one run, resuming from its checkpoint if an earlier session left one; its record."""
+        """Train one run, resuming from its checkpoint if an interrupted search left one; its record."""
         config = train_config(settings, seed, method_class(self.method).recipe, self.steps_per_epoch)
         checkpoint = self.checkpoint_path(settings, seed)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def test_it_trains_the_shipped_recipe_with_the_new_seed_and_records_beside_the_s
 def test_a_replicate_of_weights_replaced_while_it_trained_is_not_recorded(root, monkeypatch, tmp_path):
     def train_while_weights_change(model, images, labels, config, device, checkpoint, **_):
         manifest = json.loads((root / "manifest.json").read_text())
-        manifest["methods"]["rotation"]["sha256"] = "0" * 64  # another session publishes new rotation weights
+        manifest["methods"]["rotation"]["sha256"] = "0" * 64  # new rotation weights are published meanwhile
         (root / "manifest.json").write_text(json.dumps(manifest))
         torch.save({"devices": ["cpu (test), float32"]}, checkpoint)
         return [{"seconds": 1.0}]

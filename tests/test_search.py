@@ -270,7 +270,7 @@ def test_a_run_interrupted_after_training_resumes_from_its_checkpoint_and_the_re
     probe = sslkit.pipeline.select_and_fit_linear_probe
 
     def killed(*_, **__):
-        raise KeyboardInterrupt  # the session ends while the probe is fitted
+        raise KeyboardInterrupt  # the search is stopped while the probe is fitted
 
     monkeypatch.setattr(sslkit.pipeline, "select_and_fit_linear_probe", killed)
     search = RecipeSearch("rotation", root=root, limit=600, steps_per_epoch=1, checkpoints=tmp_path / "ckpt")
