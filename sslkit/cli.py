@@ -488,8 +488,18 @@ def fixed_setting(text: str) -> tuple[str, int | float]:
         raise argparse.ArgumentTypeError(f"--set {name} takes a number (booleans as 0 or 1), got {value!r}") from None
 
 
-def add_short_run_arguments(parser) -> None:
-    """The options of ``sweep`` and ``search``: where to run and record, and the smoke-run limits."""
+def add_short_run_arguments(parser, checkpoints: Path | None = None) -> None:
+    """The options of ``sweep``, ``search`` and ``replicate``: where to run and record, the smoke-run limits
+    and, where ``checkpoints`` is given, ``--checkpoints``: the folder each run saves its epochs in."""
+    if checkpoints is not None:
+        parser.add_argument(
+            "--checkpoints",
+            type=Path,
+            default=checkpoints,
+            metavar="DIR",
+            help=f"where a run saves every epoch, to resume if interrupted; deleted once recorded "
+            f"(default: {checkpoints})",
+        )
     add_device_argument(parser)
     add_weights_argument(parser, WEIGHTS_HELP)
     add_limit_argument(parser, "use only the first N training images (smoke runs and tests)")
@@ -565,7 +575,7 @@ def add_sweep_parser(subparsers) -> None:
         "training images) and, for methods with embeddings (the joint-embedding ones and DINO), the "
         "embeddings' mean standard deviation and effective rank, in each run's history",
     )
-    add_short_run_arguments(parser)
+    add_short_run_arguments(parser, Sweep.checkpoints)
     parser.set_defaults(handler=run_sweep)
 
 
@@ -592,6 +602,7 @@ def run_sweep(args: argparse.Namespace) -> None:
         limit=args.limit,
         steps_per_epoch=args.steps_per_epoch,
         command=args.command_line,
+        checkpoints=args.checkpoints,
     )
     sweep.run(resolve_device(args.device), report=lambda line: print(line, flush=True))
 
@@ -617,15 +628,7 @@ def add_search_parser(subparsers) -> None:
     parser.add_argument(
         "--max-runs", type=positive_int, default=None, metavar="N", help="stop after N runs (default: to the end)"
     )
-    parser.add_argument(
-        "--checkpoints",
-        type=Path,
-        default=search.RecipeSearch.checkpoints,
-        metavar="DIR",
-        help="where a run saves every epoch, to resume if interrupted; deleted once recorded "
-        "(default: checkpoints/search)",
-    )
-    add_short_run_arguments(parser)
+    add_short_run_arguments(parser, search.RecipeSearch.checkpoints)
     parser.set_defaults(handler=run_search)
 
 

@@ -41,7 +41,7 @@ from .protocol import (
     probe_validation_split,
     select_and_fit_linear_probe,
 )
-from .train import TrainConfig, devices_of_run, train
+from .train import TrainConfig, delete_checkpoint, devices_of_run, train
 from .transfer import TRANSFER_REPEATS, transfer
 from .version import __version__
 from .weights import load_pretrained, load_probe, manifest_entry, manifest_update, publish
@@ -419,10 +419,10 @@ def short_run(
     linear probe on the training split and score it on the validation split (never the test split).
     With ``checkpoint_path`` the training saves every epoch and resumes from it, as ``train`` does.
 
-    Returns the last epoch's training metrics, ``validation_accuracy`` and ``seconds`` (the epochs'
-    wall time, summed over interruptions when resumed, plus the probe's); with ``monitor_every`` also the
-    monitored ``history`` (per monitored epoch, the step's metrics and the monitor's), with
-    ``diagnostics`` the embeddings' diagnostics."""
+    Returns the last epoch's training metrics, ``validation_accuracy``, ``seconds`` (the epochs'
+    wall time, summed over interruptions when resumed, plus the probe's) and ``device`` (where it trained:
+    every device of a resumed run); with ``monitor_every`` also the monitored ``history`` (per monitored
+    epoch, the step's metrics and the monitor's), with ``diagnostics`` the embeddings' diagnostics."""
     method = build_varied_method(name, settings, dataset, seed=config.seed)
     on_epoch_end = None
     if monitor_every:
@@ -444,6 +444,7 @@ def short_run(
         **last,
         "validation_accuracy": round(max(validation.values()), 6),
         "seconds": round(sum(epoch["seconds"] for epoch in history) + probe_seconds, 1),
+        "device": devices_of_run(checkpoint_path) if checkpoint_path else describe_device(device),
     }
     if monitor_every:
         run["history"] = [
@@ -482,6 +483,7 @@ class Sweep:
     limit: int | None = None  # smoke runs
     steps_per_epoch: int | None = None  # smoke runs
     command: str = ""
+    checkpoints: Path = Path("checkpoints") / "sweep"  # a run in progress saves here every epoch
 
     def check(self) -> None:
         """A clear error for a setting the method does not have, or options that do not fit it."""
@@ -570,9 +572,21 @@ class Sweep:
         epochs = value if self.param == "epochs" else self.epochs
         return TrainConfig(epochs=epochs, seed=seed, steps_per_epoch=self.steps_per_epoch, **recipe)
 
+    def checkpoint_path(self, value, seed: int) -> Path:
+        """Where the run of ``value`` and ``seed`` saves every epoch until it is recorded, named by what it
+        changes from the shipped recipe and by its length."""
+        changed = {**({} if self.param == "epochs" else {self.param: value}), **self.fixed}
+        name = "-".join(f"{key}={setting}" for key, setting in changed.items()) or "shipped"
+        epochs = value if self.param == "epochs" else self.epochs
+        smoke = "smoke." if self.limit or self.steps_per_epoch else ""
+        return self.checkpoints / f"{self.method}.{self.dataset}.{smoke}sweep.{name}.epochs{epochs}.seed{seed}.ckpt"
+
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
-        """Train one run and score it on the validation split; its record."""
+        """Train one run, resuming from its checkpoint if an interrupted sweep left one, and score it on
+        the validation split; its record."""
         config = self.train_config(value, seed)
+        checkpoint = self.checkpoint_path(value, seed)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
         run = short_run(
             self.method,
             method_settings_of(self.varied(value)),
@@ -583,16 +597,28 @@ class Sweep:
             self.dataset,
             monitor_every=self.monitor_every,
             diagnostics=self.diagnostics,
+            checkpoint_path=checkpoint,
         )
         return {"value": value, "seed": seed, "lr": config.lr, **run}
 
     def record(self, runs: list[dict], device: torch.device) -> None:
         """Store the runs under ``results.sweeps[self.key]``, read and written under one manifest lock, so
-        that sweeps of other settings finishing at the same time keep theirs."""
-        record = {**self.settings(), "command": self.command, "device": describe_device(device), "runs": runs}
+        that sweeps of other settings finishing at the same time keep theirs. Each run names its device (a
+        run recorded before runs named theirs gets the one its sweep's record gave), and the sweep's
+        ``device`` lists those of its runs."""
         with manifest_update(self.dataset, self.root) as manifest:
-            results = manifest["methods"][self.method].setdefault("results", {})
-            results.setdefault("sweeps", {})[self.key] = record
+            sweeps = manifest["methods"][self.method].setdefault("results", {}).setdefault("sweeps", {})
+            stored = sweeps.get(self.key, {})
+            named = {
+                (run["value"], run.get("seed", 0)): run["device"] for run in stored.get("runs", []) if "device" in run
+            }
+            earlier = stored.get("device", describe_device(device))
+            runs = [
+                run if "device" in run else {**run, "device": named.get((run["value"], run.get("seed", 0)), earlier)}
+                for run in runs
+            ]
+            devices = "; ".join(dict.fromkeys(run["device"] for run in runs))
+            sweeps[self.key] = {**self.settings(), "command": self.command, "device": devices, "runs": runs}
 
     def run(self, device: torch.device, report=print) -> list[dict]:
         """Every value and seed, skipping runs an interrupted sweep recorded; returns the records."""
@@ -610,7 +636,9 @@ class Sweep:
                     continue
                 runs.append(self.run_one(value, seed, images, labels, device))
                 metrics = {
-                    k: v for k, v in runs[-1].items() if k not in ("value", "seed", "lr", "diagnostics", "history")
+                    k: v
+                    for k, v in runs[-1].items()
+                    if k not in ("value", "seed", "lr", "diagnostics", "history", "device")
                 }
                 report(
                     f"{self.method} {self.param}={value} seed {seed} (lr {runs[-1]['lr']:.4g}): "
@@ -621,6 +649,7 @@ class Sweep:
                     f"({runs[-1]['seconds']:.0f} s)"
                 )
                 self.record(runs + [r for r in done.values() if r not in runs], device)  # keeps runs still to come
+                delete_checkpoint(self.checkpoint_path(value, seed))  # the manifest holds what it measured
         self.record(runs + [r for r in done.values() if r not in runs], device)  # and those of other values
         return runs
 

@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 
 from .data import DEFAULT_DATASET
-from .devices import describe_device
 from .methods import build_method, method_class
 from .pipeline import SWEEPABLE_TRAIN_SETTINGS, load_splits, method_settings_of, short_run
 from .protocol import chosen_validation_accuracy
-from .train import TrainConfig, devices_of_run, history_path
+from .train import TrainConfig, delete_checkpoint
 from .weights import manifest_entry, manifest_update
 
 EPOCHS = 20
@@ -300,14 +299,11 @@ class RecipeSearch:
             self.method, method_settings_of(settings), config, images, labels, device, self.dataset,
             checkpoint_path=checkpoint,
         )  # fmt: skip
-        device_record = devices_of_run(checkpoint) if checkpoint.exists() else describe_device(device)
-        return {"settings": settings, "seed": seed, **run, "command": self.command, "device": device_record}
+        return {"settings": settings, "seed": seed, **run, "command": self.command}
 
     def forget_checkpoint(self, settings: dict, seed: int) -> None:
         """Delete a recorded run's checkpoint and history: the manifest holds what it measured."""
-        checkpoint = self.checkpoint_path(settings, seed)
-        checkpoint.unlink(missing_ok=True)
-        history_path(checkpoint).unlink(missing_ok=True)
+        delete_checkpoint(self.checkpoint_path(settings, seed))
 
     def save(self, run: dict | None = None, decision: dict | None = None) -> None:
         """Add a run or a decision to ``results.search``, under the manifest's lock."""

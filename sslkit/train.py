@@ -144,6 +144,12 @@ def history_path(checkpoint_path: str | Path) -> Path:
     return checkpoint_path.with_name(checkpoint_path.stem + ".history.json")
 
 
+def delete_checkpoint(checkpoint_path: str | Path) -> None:
+    """Delete a finished run's checkpoint and its history, once a record holds what the run measured."""
+    Path(checkpoint_path).unlink(missing_ok=True)
+    history_path(checkpoint_path).unlink(missing_ok=True)
+
+
 def run_identity(
     method: Method,
     images: torch.Tensor,

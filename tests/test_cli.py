@@ -224,7 +224,15 @@ def test_tiny_pretrain_run_publishes_weights_that_evaluate_reproduces(tmp_path):
     assert [run["value"] for run in sweep["runs"]] == ["all", "no_crop"] and sweep["monitor_every"] == 1
     history = sweep["runs"][0]["history"]
     assert [record["epoch"] for record in history] == [1, 2] and history[-1]["loss"] == sweep["runs"][0]["loss"]
-    step_metrics = set(sweep["runs"][0]) - {"value", "seed", "lr", "validation_accuracy", "seconds", "history"}
+    step_metrics = set(sweep["runs"][0]) - {
+        "value",
+        "seed",
+        "lr",
+        "validation_accuracy",
+        "seconds",
+        "history",
+        "device",
+    }
     assert all(history[-1][key] == sweep["runs"][0][key] for key in step_metrics)  # each epoch keeps all of them
     assert all(0 <= record["knn_validation_accuracy"] <= 1 for record in history)
     # the normalised embeddings' per-dimension std is at most 1/√D = 0.088 for D = 128; the rank at most 60 images
@@ -498,6 +506,80 @@ def test_a_budget_sweep_trains_each_run_for_its_value_of_epochs_with_its_own_sch
     assert [run["value"] for run in runs] == [1, 2]
     record = json.loads((tmp_path / "manifest.json").read_text())["methods"]["rotation"]["results"]["sweeps"]["epochs"]
     assert "epochs" not in record and [run["value"] for run in record["runs"]] == [1, 2]
+
+
+def test_a_sweep_run_interrupted_after_training_resumes_from_its_checkpoint_and_the_record_deletes_it(
+    tmp_path, monkeypatch
+):
+    import sslkit.pipeline
+    import sslkit.train
+    from sslkit.pipeline import Sweep
+    from sslkit.weights import weights_dir
+
+    (tmp_path / "manifest.json").write_text((weights_dir() / "manifest.json").read_text())
+    epochs_trained = []
+    train_one_epoch = sslkit.train.train_one_epoch
+
+    def counted(*args, **kwargs):
+        epochs_trained.append(1)
+        return train_one_epoch(*args, **kwargs)
+
+    def killed(*_, **__):
+        raise KeyboardInterrupt  # the sweep is stopped while the probe is fitted
+
+    probe = sslkit.pipeline.select_and_fit_linear_probe
+    monkeypatch.setattr(sslkit.train, "train_one_epoch", counted)
+    monkeypatch.setattr(sslkit.pipeline, "select_and_fit_linear_probe", killed)
+    checkpoints = tmp_path / "ckpt"
+    sweep = Sweep("rotation", "epochs", [2], root=tmp_path, limit=600, steps_per_epoch=1, checkpoints=checkpoints)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(torch.device("cpu"), report=lambda *_: None)
+    checkpoint = sweep.checkpoint_path(2, 0)
+    assert checkpoint.name == "rotation.fashion-mnist.smoke.sweep.shipped.epochs2.seed0.ckpt" and checkpoint.exists()
+    assert len(epochs_trained) == 2
+
+    monkeypatch.setattr(sslkit.pipeline, "select_and_fit_linear_probe", probe)
+    (run,) = sweep.run(torch.device("cpu"), report=lambda *_: None)
+    assert len(epochs_trained) == 2  # both epochs came from the checkpoint
+    assert not list(checkpoints.iterdir())  # its checkpoint and history are deleted
+    record = json.loads((tmp_path / "manifest.json").read_text())["methods"]["rotation"]["results"]["sweeps"]["epochs"]
+    assert record["runs"] == [run] and run["device"].startswith("cpu") and run["seconds"] > 0
+    assert record["device"] == run["device"]  # the sweep's devices are those of its runs
+
+
+def test_a_sweep_run_names_its_checkpoint_by_what_it_changes_and_its_length(tmp_path):
+    from sslkit.pipeline import Sweep
+
+    sweep = Sweep("byol", "base_momentum", [0.99], fixed={"constant_momentum": 1}, epochs=5, checkpoints=tmp_path)
+    path = sweep.checkpoint_path(0.99, 1)
+    assert path == tmp_path / "byol.fashion-mnist.sweep.base_momentum=0.99-constant_momentum=1.epochs5.seed1.ckpt"
+    assert Sweep("simclr", "epochs", [25], checkpoints=tmp_path).checkpoint_path(25, 0).name == (
+        "simclr.fashion-mnist.sweep.shipped.epochs25.seed0.ckpt"
+    )
+
+
+def test_a_sweep_lists_the_devices_of_its_runs_and_gives_older_runs_the_sweep_s(tmp_path, monkeypatch):
+    import sslkit.pipeline
+    from sslkit.pipeline import Sweep
+    from sslkit.weights import weights_dir
+
+    manifest = json.loads((weights_dir() / "manifest.json").read_text())
+    sweeps = manifest["methods"]["vae"]["results"].setdefault("sweeps", {})
+    sweeps["beta"] = {**Sweep("vae", "beta", [1.0]).settings(), "command": "", "device": "cpu (older)",
+                      "runs": [{"value": 1.0, "seed": 0, "validation_accuracy": 0.8}]}  # fmt: skip
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(sslkit.pipeline, "load_splits", lambda *_: ((None, None), None))
+    monkeypatch.setattr(
+        sslkit.pipeline,
+        "short_run",
+        lambda *_, **__: {"validation_accuracy": 0.9, "seconds": 1.0, "device": "cuda (X)"},
+    )
+    Sweep("vae", "beta", [1.0, 2.0], root=tmp_path, checkpoints=tmp_path).run(
+        torch.device("cpu"), report=lambda *_: None
+    )
+    record = json.loads((tmp_path / "manifest.json").read_text())["methods"]["vae"]["results"]["sweeps"]["beta"]
+    assert [run["device"] for run in record["runs"]] == ["cpu (older)", "cuda (X)"]  # as the older record said
+    assert record["device"] == "cpu (older); cuda (X)"
 
 
 @pytest.mark.parametrize(
