@@ -547,13 +547,14 @@ class Sweep:
         return "".join([self.param, *(f", {name}={value}" for name, value in sorted(self.fixed.items()))])
 
     def recorded_runs(self) -> dict[tuple, dict]:
-        """Runs an interrupted sweep with the same settings recorded, by ``(value, seed)``."""
+        """Runs an interrupted sweep with the same settings recorded, by ``(value, seed)``; a run recorded
+        before runs named their device gets the one its sweep's record gave."""
         sweeps = manifest_entry(self.method, self.dataset, self.root).get("results", {}).get("sweeps", {})
         previous = sweeps.get(self.key, {})
         if any(previous.get(key) != value for key, value in self.settings().items()):
             return {}
         return {
-            (run["value"], run.get("seed", 0)): run
+            (run["value"], run.get("seed", 0)): run if "device" in run else {**run, "device": previous["device"]}
             for run in previous.get("runs", [])
             if ("diagnostics" in run or not self.diagnostics) and ("history" in run or not self.monitor_every)
         }
@@ -563,22 +564,25 @@ class Sweep:
         sweep's value is the run's length, which ``train_config`` sets)."""
         return self.fixed if self.param == "epochs" else {**self.fixed, self.param: value}
 
+    def run_epochs(self, value) -> int:
+        """The length of the run of ``value``: the value itself in a budget sweep, else ``epochs``."""
+        return value if self.param == "epochs" else self.epochs
+
     def train_config(self, value, seed: int) -> TrainConfig:
         recipe = {**method_class(self.method).recipe, "warmup_epochs": self.settings()["warmup_epochs"]}
         recipe.update({name: v for name, v in self.varied(value).items() if name in SWEEPABLE_TRAIN_SETTINGS})
         if self.lr_scaling != "none":
             ratio = value / TrainConfig.batch_size
             recipe["lr"] *= ratio if self.lr_scaling == "linear" else ratio**0.5
-        epochs = value if self.param == "epochs" else self.epochs
-        return TrainConfig(epochs=epochs, seed=seed, steps_per_epoch=self.steps_per_epoch, **recipe)
+        return TrainConfig(epochs=self.run_epochs(value), seed=seed, steps_per_epoch=self.steps_per_epoch, **recipe)
 
     def checkpoint_path(self, value, seed: int) -> Path:
         """Where the run of ``value`` and ``seed`` saves every epoch until it is recorded, named by what it
         changes from the shipped recipe and by its length."""
         changed = {**({} if self.param == "epochs" else {self.param: value}), **self.fixed}
         name = "-".join(f"{key}={setting}" for key, setting in changed.items()) or "shipped"
-        epochs = value if self.param == "epochs" else self.epochs
         smoke = "smoke." if self.limit or self.steps_per_epoch else ""
+        epochs = self.run_epochs(value)
         return self.checkpoints / f"{self.method}.{self.dataset}.{smoke}sweep.{name}.epochs{epochs}.seed{seed}.ckpt"
 
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
@@ -601,24 +605,15 @@ class Sweep:
         )
         return {"value": value, "seed": seed, "lr": config.lr, **run}
 
-    def record(self, runs: list[dict], device: torch.device) -> None:
+    def record(self, runs: list[dict]) -> None:
         """Store the runs under ``results.sweeps[self.key]``, read and written under one manifest lock, so
-        that sweeps of other settings finishing at the same time keep theirs. Each run names its device (a
-        run recorded before runs named theirs gets the one its sweep's record gave), and the sweep's
-        ``device`` lists those of its runs."""
+        that sweeps of other settings finishing at the same time keep theirs; the sweep's ``device`` lists
+        those of its runs."""
+        devices = "; ".join(dict.fromkeys(run["device"] for run in runs))
+        record = {**self.settings(), "command": self.command, "device": devices, "runs": runs}
         with manifest_update(self.dataset, self.root) as manifest:
-            sweeps = manifest["methods"][self.method].setdefault("results", {}).setdefault("sweeps", {})
-            stored = sweeps.get(self.key, {})
-            named = {
-                (run["value"], run.get("seed", 0)): run["device"] for run in stored.get("runs", []) if "device" in run
-            }
-            earlier = stored.get("device", describe_device(device))
-            runs = [
-                run if "device" in run else {**run, "device": named.get((run["value"], run.get("seed", 0)), earlier)}
-                for run in runs
-            ]
-            devices = "; ".join(dict.fromkeys(run["device"] for run in runs))
-            sweeps[self.key] = {**self.settings(), "command": self.command, "device": devices, "runs": runs}
+            results = manifest["methods"][self.method].setdefault("results", {})
+            results.setdefault("sweeps", {})[self.key] = record
 
     def run(self, device: torch.device, report=print) -> list[dict]:
         """Every value and seed, skipping runs an interrupted sweep recorded; returns the records."""
@@ -648,9 +643,9 @@ class Sweep:
                     + f", validation probe accuracy {100 * runs[-1]['validation_accuracy']:.2f}% "
                     f"({runs[-1]['seconds']:.0f} s)"
                 )
-                self.record(runs + [r for r in done.values() if r not in runs], device)  # keeps runs still to come
+                self.record(runs + [r for r in done.values() if r not in runs])  # keeps runs still to come
                 delete_checkpoint(self.checkpoint_path(value, seed))  # the manifest holds what it measured
-        self.record(runs + [r for r in done.values() if r not in runs], device)  # and those of other values
+        self.record(runs + [r for r in done.values() if r not in runs])  # and those of other values
         return runs
 
 

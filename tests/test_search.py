@@ -242,7 +242,12 @@ def test_a_sweep_invoked_again_with_other_values_keeps_the_runs_it_has(root, mon
 
     def short_run(name, settings, config, *args, **kwargs):
         trained.append(settings["beta"])
-        return {"loss": 1.0, "validation_accuracy": 0.8 + settings["beta"] / 100, "seconds": 0.0}
+        return {
+            "loss": 1.0,
+            "validation_accuracy": 0.8 + settings["beta"] / 100,
+            "seconds": 0.0,
+            "device": "cpu (test)",
+        }
 
     monkeypatch.setattr(sslkit.pipeline, "short_run", short_run)
     monkeypatch.setattr(sslkit.pipeline, "load_splits", lambda *_: ((None, None), None))
