@@ -403,6 +403,18 @@ def build_varied_method(name: str, settings: dict, dataset: str = DEFAULT_DATASE
     return build_method(name, dataset, seed=seed, **arguments)
 
 
+def spell_settings(settings: dict) -> str:
+    """Changed settings as a file name's part: ``crop_min_area=0.08-decoder_widths=32x16x8``."""
+    spelled = {key: "x".join(map(str, value)) if isinstance(value, list) else value for key, value in settings.items()}
+    return "-".join(f"{key}={value}" for key, value in spelled.items())
+
+
+def short_run_checkpoint(folder: Path, method: str, dataset: str, smoke: bool, name: str, seed: int) -> Path:
+    """Where a sweep's or a recipe search's run saves every epoch until it is recorded:
+    ``FOLDER/METHOD.DATASET.[smoke.]NAME.seedS.ckpt``."""
+    return folder / f"{method}.{dataset}.{'smoke.' if smoke else ''}{name}.seed{seed}.ckpt"
+
+
 def short_run(
     name: str,
     settings: dict,
@@ -580,10 +592,9 @@ class Sweep:
         """Where the run of ``value`` and ``seed`` saves every epoch until it is recorded, named by what it
         changes from the shipped recipe and by its length."""
         changed = {**({} if self.param == "epochs" else {self.param: value}), **self.fixed}
-        name = "-".join(f"{key}={setting}" for key, setting in changed.items()) or "shipped"
-        smoke = "smoke." if self.limit or self.steps_per_epoch else ""
-        epochs = self.run_epochs(value)
-        return self.checkpoints / f"{self.method}.{self.dataset}.{smoke}sweep.{name}.epochs{epochs}.seed{seed}.ckpt"
+        name = f"sweep.{spell_settings(changed) or 'shipped'}.epochs{self.run_epochs(value)}"
+        smoke = bool(self.limit or self.steps_per_epoch)
+        return short_run_checkpoint(self.checkpoints, self.method, self.dataset, smoke, name, seed)
 
     def run_one(self, value, seed: int, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
         """Train one run, resuming from its checkpoint if an interrupted sweep left one, and score it on

@@ -20,7 +20,14 @@ import torch
 
 from .data import DEFAULT_DATASET
 from .methods import build_method, method_class
-from .pipeline import SWEEPABLE_TRAIN_SETTINGS, load_splits, method_settings_of, short_run
+from .pipeline import (
+    SWEEPABLE_TRAIN_SETTINGS,
+    load_splits,
+    method_settings_of,
+    short_run,
+    short_run_checkpoint,
+    spell_settings,
+)
 from .protocol import chosen_validation_accuracy
 from .train import TrainConfig, delete_checkpoint
 from .weights import manifest_entry, manifest_update
@@ -285,10 +292,9 @@ class RecipeSearch:
 
     def checkpoint_path(self, settings: dict, seed: int) -> Path:
         """Where the run with these changed settings and seed saves every epoch until it is recorded."""
-        spelled = {key: "x".join(map(str, v)) if isinstance(v, list) else v for key, v in settings.items()}
-        name = "-".join(f"{key}={value}" for key, value in spelled.items())
-        smoke = "smoke." if self.limit or self.steps_per_epoch else ""
-        return self.checkpoints / f"{self.method}.{self.dataset}.{smoke}{name or 'start'}.seed{seed}.ckpt"
+        smoke = bool(self.limit or self.steps_per_epoch)
+        name = spell_settings(settings) or "start"
+        return short_run_checkpoint(self.checkpoints, self.method, self.dataset, smoke, name, seed)
 
     def train_one(self, settings: dict, seed: int, images, labels, device: torch.device) -> dict:
         """Train one run, resuming from its checkpoint if an interrupted search left one; its record."""

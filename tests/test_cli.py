@@ -556,6 +556,10 @@ def test_a_sweep_run_names_its_checkpoint_by_what_it_changes_and_its_length(tmp_
     assert Sweep("simclr", "epochs", [25], checkpoints=tmp_path).checkpoint_path(25, 0).name == (
         "simclr.fashion-mnist.sweep.shipped.epochs25.seed0.ckpt"
     )
+    widths = Sweep("autoencoder", "decoder_widths", [[32, 16, 8]], checkpoints=tmp_path)
+    assert widths.checkpoint_path([32, 16, 8], 0).name == (  # a list is spelled as the search spells it
+        "autoencoder.fashion-mnist.sweep.decoder_widths=32x16x8.epochs5.seed0.ckpt"
+    )
 
 
 def test_a_sweep_lists_the_devices_of_its_runs_and_gives_older_runs_the_sweep_s(tmp_path, monkeypatch):
