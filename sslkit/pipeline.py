@@ -574,7 +574,7 @@ class Sweep:
     def varied(self, value) -> dict:
         """What one run changes from the shipped recipe: the fixed settings and PARAM=value (a budget
         sweep's value is the run's length, which ``train_config`` sets)."""
-        return self.fixed if self.param == "epochs" else {**self.fixed, self.param: value}
+        return {**({} if self.param == "epochs" else {self.param: value}), **self.fixed}
 
     def run_epochs(self, value) -> int:
         """The length of the run of ``value``: the value itself in a budget sweep, else ``epochs``."""
@@ -591,8 +591,7 @@ class Sweep:
     def checkpoint_path(self, value, seed: int) -> Path:
         """Where the run of ``value`` and ``seed`` saves every epoch until it is recorded, named by what it
         changes from the shipped recipe and by its length."""
-        changed = {**({} if self.param == "epochs" else {self.param: value}), **self.fixed}
-        name = f"sweep.{spell_settings(changed) or 'shipped'}.epochs{self.run_epochs(value)}"
+        name = f"sweep.{spell_settings(self.varied(value)) or 'shipped'}.epochs{self.run_epochs(value)}"
         smoke = bool(self.limit or self.steps_per_epoch)
         return short_run_checkpoint(self.checkpoints, self.method, self.dataset, smoke, name, seed)
 
