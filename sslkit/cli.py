@@ -137,7 +137,7 @@ def add_pretrain_parser(subparsers) -> None:
     parser.add_argument("--temperature", type=positive_float, help="softmax temperature (contrastive methods)")
     add_set_argument(
         parser,
-        "change one more setting of the recipe (repeatable): one of the method's (e.g. beta=0.5), of its views "
+        "change one more setting of the recipe (repeatable): one of the method's (e.g. latent_dim=64), of its views "
         "(crop_min_area, jitter_strength) or of training (e.g. decay_every_parameter=0), as the recipe search "
         "chooses them",
     )

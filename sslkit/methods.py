@@ -164,6 +164,9 @@ class VAE(Method):
     reparameterised sample z = μ + σ·ε → ``ConvDecoder`` → Bernoulli logits of the pixels. The
     loss is the negative ELBO with a β weight on the KL term (``losses.elbo_loss``). Like every
     other method, the features evaluated are the pooled trunk features h, not μ.
+
+    β = 0.5 is the recipe search's choice (docs/design.md §13); with β < 1 the loss is no longer a
+    bound on log p(x) (β = 1 gives the ELBO itself).
     """
 
     name = "vae"
@@ -173,7 +176,7 @@ class VAE(Method):
         self,
         encoder_config: dict,
         latent_dim: int = 32,
-        beta: float = 1.0,
+        beta: float = 0.5,
         decoder_widths: list[int] | tuple[int, ...] = (64, 32, 16),
         augment_config: AugmentConfig | None = None,
     ):
