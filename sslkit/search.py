@@ -421,5 +421,6 @@ def ranking_at_full_length(method: str, search: RecipeSearch, dataset: str, root
     verdict = "holds" if new > old else "does not hold"
     return [
         f"at {entry['epochs']} epochs (the shipped runs): the chosen recipe scores {100 * new:.2f}% on the validation "
-        f"probe, the starting one {100 * old:.2f}%: the ranking of the {EPOCHS}-epoch runs {verdict}"
+        f"probe, the starting one {100 * old:.2f}%:",
+        f"    the ranking of the {EPOCHS}-epoch runs {verdict}",
     ]

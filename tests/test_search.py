@@ -143,12 +143,12 @@ def test_a_decision_records_the_devices_of_the_runs_it_rests_on(root, monkeypatc
     monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
     first, noise, fp32 = "cpu (A), bfloat16 autocast", "cpu (N), bfloat16 autocast", "cpu (B), float32"
     search = RecipeSearch("vae", root=root)
-    for device, runs in ((first, 1), (noise, 2), (first, 1), (fp32, 3)):  # seed 0; seeds 1, 2; decay 0; β 0.5, 2, 4
+    for device, runs in ((first, 1), (noise, 2), (first, 1), (fp32, 3)):  # seed 0; seeds 1, 2; decay 0; β 1, 2, 4
         short_run.device = device
         search.run(torch.device("cpu"), max_runs=runs, report=lambda *_: None)
     decay, beta = search.record()["decisions"]
     assert decay["devices"] == [first, noise]  # the noise runs, which set the threshold, count too
-    assert beta["devices"] == [first, fp32, noise]  # β = 1 is the starting recipe's seed-0 noise run
+    assert beta["devices"] == [first, fp32, noise]  # β = 0.5 is the starting recipe's seed-0 noise run
     assert describe_decision(beta).endswith(f"the runs compared trained on 3 devices: {first}; {fp32}; {noise}")
 
 
@@ -162,28 +162,39 @@ def beta_wins():
     return short_run
 
 
-def test_run_names_keep_their_meaning_when_the_chosen_recipe_is_shipped(root, monkeypatch):
-    monkeypatch.setattr(sslkit.search, "short_run", beta_wins())
-    monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
-    RecipeSearch("vae", root=root).run(torch.device("cpu"), report=lambda *_: None)
-    before = describe_search("vae", root=root)
-    assert RecipeSearch("vae", root=root).start()["beta"] == 1.0 and "settings kept: {'beta': 0.5}" in before
+def search_from_beta_one(root, monkeypatch):
+    """Run a VAE search, with fake scores, from the recipe shipped before β = 0.5 was chosen: β = 1 in the
+    code and in the manifest (no ``previous_run``)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["methods"]["vae"]
+    entry["config"]["beta"] = 1.0
+    entry["results"].pop("previous_run", None)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with monkeypatch.context() as patch:
+        shipped = sslkit.search.shipped_value
+        patch.setattr(
+            sslkit.search,
+            "shipped_value",
+            lambda method, setting, *a: 1.0 if setting == "beta" else shipped(method, setting),
+        )
+        patch.setattr(sslkit.search, "short_run", beta_wins())
+        patch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
+        RecipeSearch("vae", root=root).run(torch.device("cpu"), report=lambda *_: None)
+        before = describe_search("vae", root=root)
+        assert RecipeSearch("vae", root=root).start()["beta"] == 1.0 and "settings kept: {'beta': 0.5}" in before
+    return before
 
-    shipped = sslkit.search.shipped_value
-    monkeypatch.setattr(  # β = 0.5 becomes the shipped default, as retraining with the chosen recipe does
-        sslkit.search,
-        "shipped_value",
-        lambda method, setting, *a: 0.5 if setting == "beta" else shipped(method, setting),
-    )
+
+def test_run_names_keep_their_meaning_when_the_chosen_recipe_is_shipped(root, monkeypatch):
+    before = search_from_beta_one(root, monkeypatch)
+    assert shipped_value("vae", "beta") == 0.5  # the code's default is now the chosen value, as shipped
     search = RecipeSearch("vae", root=root)
     assert search.kept() == {"beta": 0.5} and search.score({}, 0) == pytest.approx(0.85)  # {} is still β = 1
     assert search.next_step() is None and describe_search("vae", root=root) == before
 
 
 def test_the_search_says_whether_the_full_length_runs_rank_as_the_short_ones(root, monkeypatch):
-    monkeypatch.setattr(sslkit.search, "short_run", beta_wins())
-    monkeypatch.setattr(sslkit.search, "load_splits", lambda *_: ((None, None), None))
-    RecipeSearch("vae", root=root).run(torch.device("cpu"), report=lambda *_: None)
+    search_from_beta_one(root, monkeypatch)
     manifest = json.loads((root / "manifest.json").read_text())
     entry = manifest["methods"]["vae"]
     assert "at 100 epochs" not in describe_search("vae", root=root)  # the chosen recipe is not shipped yet
@@ -195,11 +206,12 @@ def test_the_search_says_whether_the_full_length_runs_rank_as_the_short_ones(roo
     for old, verdict in ((chosen - 0.004, "holds"), (chosen + 0.004, "does not hold")):
         entry["results"]["previous_run"]["validation_accuracy"] = old
         (root / "manifest.json").write_text(json.dumps(manifest))
-        line = describe_search("vae", root=root).splitlines()[-2]
-        assert line == (
+        lines = describe_search("vae", root=root).splitlines()[-3:-1]
+        assert lines == [
             f"at 100 epochs (the shipped runs): the chosen recipe scores {100 * chosen:.2f}% on the validation probe, "
-            f"the starting one {100 * old:.2f}%: the ranking of the 20-epoch runs {verdict}"
-        )
+            f"the starting one {100 * old:.2f}%:",
+            f"    the ranking of the 20-epoch runs {verdict}",
+        ]
     entry["results"]["previous_run"]["config"]["latent_dim"] = 64  # the replaced run was not the starting recipe
     (root / "manifest.json").write_text(json.dumps(manifest))
     assert "at 100 epochs" not in describe_search("vae", root=root)
